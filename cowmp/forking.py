@@ -1,0 +1,187 @@
+"""The one place where cowmp forks: ``os.fork()`` wrapped in the copy-on-write protocol.
+
+Before the fork: warn if other threads run (their locks would stay locked forever in the
+child), freeze the heap for the GC (:mod:`cowmp.heap`).  After it, in the child: the GC is
+re-enabled for new objects, cowmp's bookkeeping is reset, and, for a bare fork, the
+multiprocessing state inherited from the parent (children, finalizers, after-fork hooks)
+is reset the way multiprocessing does it for its own children.
+
+:func:`install_fork_hooks` applies the same protocol to every ``os.fork()`` in the process
+(servers such as gunicorn that fork on their own) through ``os.register_at_fork``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import threading
+import warnings
+from multiprocessing import process, util
+
+from . import exiting, heap
+
+__all__ = ["ForkWithThreadsWarning", "fork", "install_fork_hooks"]
+
+
+class ForkWithThreadsWarning(RuntimeWarning):
+    """Forking a process in which other threads are running.
+
+    A lock held by another thread at the moment of the fork stays locked forever in the
+    child, because the thread that would release it does not exist there.
+    """
+
+
+_lock = threading.RLock()
+_local = threading.local()  # .in_protocol: our own fork is running (hooks stand aside)
+_hooks_installed = False
+_bare_children: set[int] = set()  # pids made by fork() or a hooked os.fork()
+
+
+def _native_thread_count() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def warn_if_threads(stacklevel: int = 3) -> None:
+    """Warn, naming them, if threads other than the calling one are alive."""
+    current = threading.current_thread()
+    others = [t for t in threading.enumerate() if t is not current and t.is_alive()]
+    native = _native_thread_count()
+    foreign = 0 if native is None else max(0, native - 1 - len(others))
+    if not others and not foreign:
+        return
+    names = ", ".join(
+        f"{t.name!r}{' (daemon)' if t.daemon else ''}" for t in others
+    )
+    if foreign:
+        extra = f"{foreign} thread(s) not started through threading (e.g. by a C library)"
+        names = f"{names} and {extra}" if names else extra
+    warnings.warn(
+        f"cowmp is forking process {os.getpid()} while other threads are running: {names}. "
+        "Only the forking thread exists in the child: a lock that another thread holds at "
+        "this moment stays locked there forever, so the child can deadlock (in logging, "
+        "queues, allocators...). Start processes before starting threads.",
+        ForkWithThreadsWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def reset_multiprocessing_state() -> None:
+    """Give a bare fork child multiprocessing state of its own, as ``_bootstrap`` does.
+
+    The parent's children are not the child's to join, and the parent's finalizers (which
+    terminate pools, unlink files...) are not the child's to run.
+    """
+    process._children = set()
+    process._process_counter = itertools.count(1)
+    util._finalizer_registry.clear()
+    util._run_after_forkers()
+
+
+def _before() -> None:
+    heap.freeze_for_fork()
+
+
+def _after_in_child(*, bare: bool) -> None:
+    heap.after_fork_in_child()
+    _bare_children.clear()
+    if bare:
+        reset_multiprocessing_state()
+
+
+def fork() -> int:
+    """``os.fork()`` with the copy-on-write protocol.  Returns the child's pid, or 0 in it.
+
+    The child should leave through :func:`cowmp.exit` (flush, multiprocessing finalizers,
+    ``os._exit``).  If it leaves through the normal interpreter exit instead, the module
+    globals it inherited are pinned first (:func:`cowmp.exiting.pin_inherited_heap`), so
+    the teardown does not walk and copy the inherited heap; the exit code is unchanged.
+    """
+    pid = protocol_fork(bare=True, stacklevel=3)
+    if pid:
+        _bare_children.add(pid)
+    else:
+        atexit.register(exiting.pin_inherited_heap)
+    return pid
+
+
+def protocol_fork(*, bare: bool, stacklevel: int) -> int:
+    """Fork with the protocol.  ``bare``: the child is not a multiprocessing Process."""
+    if not hasattr(os, "fork"):
+        raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
+    with _lock:
+        warn_if_threads(stacklevel=stacklevel + 1)
+        _before()
+        _local.in_protocol = True
+        try:
+            pid = os.fork()
+        finally:
+            _local.in_protocol = False
+        if pid == 0:
+            _after_in_child(bare=bare)
+        else:
+            heap.after_fork_in_parent()
+        return pid
+
+
+def bare_children_alive() -> bool:
+    """True if a child made by a bare fork still runs (zombies count as ended)."""
+    for pid in list(_bare_children):
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            _bare_children.discard(pid)  # already reaped by its owner
+            continue
+        if info is None:
+            return True
+        _bare_children.discard(pid)
+    return False
+
+
+def _hook_before() -> None:
+    if not getattr(_local, "in_protocol", False):
+        warn_if_threads(stacklevel=4)
+        _before()
+
+
+def _hook_after_in_parent() -> None:
+    if not getattr(_local, "in_protocol", False):
+        heap.after_fork_in_parent()
+
+
+def _hook_after_in_child() -> None:
+    if not getattr(_local, "in_protocol", False):
+        _after_in_child(bare=True)
+        if exiting.fast_exit_for_hooked_children:
+            atexit.register(exiting.pin_inherited_heap)
+
+
+def install_fork_hooks(*, pin_heap_at_exit: bool = True) -> None:
+    """Make every ``os.fork()`` in this process follow cowmp's protocol.
+
+    For programs that fork on their own (gunicorn's arbiter, a process manager): before
+    each fork the heap is frozen for the GC (and a warning names any running threads);
+    in the child the GC is re-enabled and multiprocessing state is reset.  With
+    ``pin_heap_at_exit`` (default), a child that leaves through the normal interpreter
+    exit (``sys.exit``, end of program) keeps the inherited heap alive instead of tearing
+    it down object by object, which would copy every page; its exit code is unchanged.
+
+    Idempotent.  ``os.register_at_fork`` hooks cannot be removed; call
+    ``install_fork_hooks(pin_heap_at_exit=False)`` to turn the exit part off again.
+    """
+    global _hooks_installed
+    exiting.fast_exit_for_hooked_children = bool(pin_heap_at_exit)
+    if _hooks_installed:
+        return
+    if not hasattr(os, "register_at_fork"):
+        raise OSError("os.register_at_fork() is not available on this platform")
+    os.register_at_fork(
+        before=_hook_before,
+        after_in_parent=_hook_after_in_parent,
+        after_in_child=_hook_after_in_child,
+    )
+    _hooks_installed = True
+

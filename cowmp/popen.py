@@ -1,0 +1,46 @@
+"""Launching one cowfork child: fork with the protocol, bootstrap, leave through ``os._exit``.
+
+This is ``multiprocessing.popen_fork.Popen`` (waiting, polling, terminate/kill/interrupt,
+sentinels and exit codes are inherited unchanged, so a signal death reads ``-signum``)
+with two differences: the fork is :func:`cowmp.forking.protocol_fork`, and the child
+leaves through :func:`cowmp.exiting.leave`.  ``Process._bootstrap`` gives the exit codes of
+the standard library: return → 0, ``sys.exit(n)`` → n, an uncaught exception → 1 with its
+traceback printed; it also runs multiprocessing's finalizers and joins the child's own
+children before we leave.
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import popen_fork, util
+
+from . import exiting, forking
+
+__all__ = ["Popen"]
+
+
+class Popen(popen_fork.Popen):
+    method = "cowfork"
+
+    def _launch(self, process_obj):  # type: ignore[no-untyped-def]
+        code = 1
+        parent_r, child_w = os.pipe()
+        child_r, parent_w = os.pipe()
+        try:
+            self.pid = forking.protocol_fork(bare=False, stacklevel=6)
+        except BaseException:
+            for fd in (parent_r, child_w, child_r, parent_w):
+                os.close(fd)
+            raise
+        if self.pid == 0:
+            try:
+                os.close(parent_r)
+                os.close(parent_w)
+                code = process_obj._bootstrap(parent_sentinel=child_r)
+            finally:
+                exiting.leave(code)
+        else:
+            os.close(child_w)
+            os.close(child_r)
+            self.finalizer = util.Finalize(self, util.close_fds, (parent_r, parent_w))
+            self.sentinel = parent_r
