@@ -37,3 +37,8 @@ class Popen(_LokyPopen):  # type: ignore[misc, valid-type]
 
     method = "cowfork"
     cowmp_fallback = True
+
+
+# loky starts the child as ``python -m <module of the Popen class>``, whose ``__main__``
+# is loky's child entry point: the subclass must name loky's module there.
+Popen.__module__ = _LokyPopen.__module__

@@ -15,9 +15,11 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import sys
 import threading
 import warnings
 from multiprocessing import process, util
+from multiprocessing import queues as mp_queues
 
 from . import exiting, heap
 
@@ -45,12 +47,23 @@ def _native_thread_count() -> int | None:
         return None
 
 
+def _fork_safe(thread: threading.Thread) -> bool:
+    """multiprocessing's queue feeder threads are built to survive a fork.
+
+    The child never uses their state: multiprocessing's after-fork hooks re-create each
+    queue's thread-side locks there, and the semaphores they hold are the kernel's, which
+    the parent's feeder releases for both processes.
+    """
+    return getattr(thread, "_target", None) is mp_queues.Queue._feed
+
+
 def warn_if_threads(stacklevel: int = 3) -> None:
     """Warn, naming them, if threads other than the calling one are alive."""
     current = threading.current_thread()
-    others = [t for t in threading.enumerate() if t is not current and t.is_alive()]
+    alive = [t for t in threading.enumerate() if t is not current and t.is_alive()]
+    others = [t for t in alive if not _fork_safe(t)]
     native = _native_thread_count()
-    foreign = 0 if native is None else max(0, native - 1 - len(others))
+    foreign = 0 if native is None else max(0, native - 1 - len(alive))
     if not others and not foreign:
         return
     names = ", ".join(
@@ -59,14 +72,23 @@ def warn_if_threads(stacklevel: int = 3) -> None:
     if foreign:
         extra = f"{foreign} thread(s) not started through threading (e.g. by a C library)"
         names = f"{names} and {extra}" if names else extra
-    warnings.warn(
-        f"cowmp is forking process {os.getpid()} while other threads are running: {names}. "
-        "Only the forking thread exists in the child: a lock that another thread holds at "
-        "this moment stays locked there forever, so the child can deadlock (in logging, "
-        "queues, allocators...). Start processes before starting threads.",
-        ForkWithThreadsWarning,
-        stacklevel=stacklevel,
-    )
+    try:
+        warnings.warn(
+            f"cowmp is forking process {os.getpid()} while other threads are running: "
+            f"{names}. Only the forking thread exists in the child: a lock that another "
+            "thread holds at this moment stays locked there forever, so the child can "
+            "deadlock (in logging, queues, allocators...). Start processes before starting "
+            "threads.",
+            ForkWithThreadsWarning,
+            stacklevel=stacklevel,
+        )
+    except ForkWithThreadsWarning as error:
+        # The warning is configured as an error.  Raised in a library's own thread (the
+        # worker handler of multiprocessing.Pool forks replacements) it would kill that
+        # thread and hang its pool, so there it is reported instead.
+        if current is threading.main_thread():
+            raise
+        sys.stderr.write(f"{type(error).__name__} (in thread {current.name!r}): {error}\n")
 
 
 def reset_multiprocessing_state() -> None:

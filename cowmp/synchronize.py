@@ -46,6 +46,8 @@ def _target_context_name() -> str:
     if popen is None:
         return "another process (pickled outside process start-up)"
     method = getattr(popen, "method", None) or type(popen).__module__
+    if getattr(popen, "cowmp_fallback", False):
+        return f"{method!r} (spawning through loky here: no os.fork, or COWMP_FORCE_FALLBACK)"
     return repr(method)
 
 
