@@ -9,8 +9,10 @@ What the *parent* does with its frozen objects afterwards is a trade-off, chosen
 policy (:func:`set_gc_policy`, or the ``COWMP_GC_POLICY`` environment variable):
 
 ``"auto"`` (default)
-    Before each fork, collect the young generations, so that garbage made since the last
-    fork is freed instead of frozen, then freeze.  Frozen objects stay frozen, so the
+    Before each fork, collect what is not frozen yet (everything made since the previous
+    fork: the collector skips frozen objects, so this costs what was allocated since, and
+    at the first fork only the young generations), so that garbage made between forks is
+    freed instead of frozen; then freeze.  Frozen objects stay frozen, so the
     parent writes nothing into the pages its children share.  Objects frozen while alive
     that become cyclic garbage later would never be collected, so when no cowfork child is
     alive (nobody shares the pages, so writing them costs nothing) and at least a quarter
@@ -108,8 +110,10 @@ def freeze_for_fork() -> None:
                 gc.unfreeze()
                 gc.collect()
                 _state.frozen_after_full = -1  # set below, once frozen again
+            elif gc.get_freeze_count() == 0:
+                gc.collect(1)  # first freeze: the young only, not the whole heap
             else:
-                gc.collect(1)
+                gc.collect()  # what was made since the last freeze (frozen is skipped)
         gc.freeze()
         if _state.frozen_after_full < 0:
             _state.frozen_after_full = gc.get_freeze_count()

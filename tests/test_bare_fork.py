@@ -46,7 +46,8 @@ def test_exit_flushes_stdio_runs_mp_finalizers_and_skips_atexit():
         print("|", os.waitstatus_to_exitcode(status))
     """)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["child output child finalizer", "| 0", "parent's atexit handler"]
+    assert out.stdout.splitlines() == [
+        "child output child finalizer", "| 0", "parent's atexit handler"]
 
 
 def test_bare_fork_child_gets_its_own_multiprocessing_state():

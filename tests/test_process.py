@@ -11,8 +11,6 @@ import time
 import pytest
 from conftest import requires_fork, run_script
 
-import cowmp
-
 
 def _return():
     return "ignored"

@@ -12,8 +12,9 @@ the reason.
 import sys
 import unittest
 
-import cowmp  # noqa: F401  (registers "cowfork")
 import test._test_multiprocessing as suite
+
+import cowmp  # noqa: F401  (registers "cowfork")
 
 START_METHOD = "cowfork"
 

@@ -1,0 +1,43 @@
+"""Test sessions on every installed CPython among 3.10–3.14; absent interpreters are skipped.
+
+    python -m nox                 # everything CI runs
+    python -m nox -s tests-3.12   # one session
+"""
+
+from __future__ import annotations
+
+import nox
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
+
+nox.options.error_on_missing_interpreters = False  # a machine with one Python still passes
+nox.options.sessions = ["lint", "tests", "fallback", "cpython"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The pytest suite (examples and README code blocks included)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS)
+def fallback(session: nox.Session) -> None:
+    """The same suite with cowfork forced onto loky's spawn-based processes."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"COWMP_FORCE_FALLBACK": "1"})
+
+
+@nox.session(python=PYTHONS)
+def cpython(session: nox.Session) -> None:
+    """CPython's own multiprocessing test suite against the cowfork start method."""
+    session.install("-e", ".")
+    session.chdir("tests/cpython")
+    session.run("python", "-m", "unittest", "cpython_cowfork", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "cowmp", "tests", "benchmarks", "examples", "noxfile.py")
