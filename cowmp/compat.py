@@ -28,7 +28,7 @@ import functools
 import inspect
 from multiprocessing import spawn
 
-from .context import METHOD, is_forking_cowfork
+from .context import METHOD, ImportingMethodName, is_forking_cowfork
 
 __all__ = ["install"]
 
@@ -64,17 +64,6 @@ def _teach_process_pool_executor() -> None:
     executor.__init__ = __init__
 
 
-class _MethodName(str):
-    """A start-method name whose unpickling imports cowmp (and so registers it)."""
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (_method_name, (str(self),))
-
-
-def _method_name(name: str) -> str:
-    return name
-
-
 def _send_importable_method_names() -> None:
     original = spawn.get_preparation_data
     if getattr(original, "_cowmp", False):
@@ -84,7 +73,7 @@ def _send_importable_method_names() -> None:
     def get_preparation_data(name):  # type: ignore[no-untyped-def]
         data = original(name)
         if data.get("start_method") in _OUR_METHODS:
-            data["start_method"] = _MethodName(data["start_method"])
+            data["start_method"] = ImportingMethodName(data["start_method"])
         return data
 
     get_preparation_data._cowmp = True  # type: ignore[attr-defined]

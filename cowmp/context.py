@@ -29,6 +29,7 @@ from . import synchronize as cow_sync
 __all__ = [
     "FALLBACK",
     "CowForkContext",
+    "ImportingMethodName",
     "CowForkProcess",
     "Process",
     "default_context",
@@ -45,12 +46,6 @@ class CowForkProcess(process.BaseProcess):
     """A process started by the cowfork context."""
 
     _start_method = METHOD
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # read by loky's launcher when cowfork falls back to it
-        self.env: dict[str, str] = {}
-        self.init_main_module = False
 
     @staticmethod
     def _Popen(process_obj: process.BaseProcess) -> Any:
@@ -130,15 +125,24 @@ _cowfork_context = CowForkContext()
 mp_context._concrete_contexts[METHOD] = _cowfork_context
 
 
+class ImportingMethodName(str):
+    """A start-method name whose unpickling imports cowmp, and so registers cowfork.
+
+    For a fresh interpreter that is told to use cowfork before it imports anything else.
+    """
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_method_name, (str(self),))
+
+
+def _method_name(name: str) -> str:
+    return name
+
+
 class Process(process.BaseProcess):
     """``cowmp.Process``: a process started by cowmp's default start method."""
 
     _start_method = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env: dict[str, str] = {}
-        self.init_main_module = False
 
     @staticmethod
     def _Popen(process_obj: process.BaseProcess) -> Any:
@@ -176,6 +180,7 @@ heap.children_alive = _children_sharing_pages_alive
 
 if sys.platform != "win32":
     cow_sync.register_reducers()
+fallback.register_loky_reducers()
 
 
 def __getattr__(name: str) -> Any:

@@ -132,7 +132,7 @@ if __name__ == "__main__":
         bad = ctx.Process(target=work, args=(q, ev, multiprocessing.get_context("fork").Lock(), 1))
         bad.start()
     except cowmp.ContextMismatchError as e:
-        print("mismatch", "'fork' context" in str(e), "'cowfork' context" in str(e))
+        print("mismatch", "'fork' context" in str(e), "started by the 'cowfork'" in str(e))
 """
 
 
