@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, requires_fork, run_script
+
+import cowmp
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
@@ -25,9 +27,17 @@ def test_example_runs(path):
     assert out.stdout.strip()
 
 
+def _fork_only(block: str) -> bool:
+    # the README's mismatch example: in the loky fallback cowfork's semaphores are named
+    # and spawn-compatible, so there is no mismatch to show
+    return "ContextMismatchError" in block
+
+
 @pytest.mark.parametrize("index", range(len(README_BLOCKS)))
 def test_readme_block_runs(index):
     block = README_BLOCKS[index]
+    if cowmp.FALLBACK and _fork_only(block):
+        pytest.skip("shows a fork-only error; cowfork spawns through loky here")
     if "def on_starting(server)" in block:       # a gunicorn configuration file
         block += "\non_starting(None)\nprint('hooks installed')\n"
     out = run_script(block, timeout=300)
@@ -35,8 +45,9 @@ def test_readme_block_runs(index):
     assert out.stdout.strip()
 
 
+@requires_fork
 def test_readme_blocks_print_what_they_claim():
-    outputs = [run_script(b).stdout for b in README_BLOCKS if "ContextMismatchError" in b]
+    outputs = [run_script(b).stdout for b in README_BLOCKS if _fork_only(b)]
     assert outputs and "'cowfork' context" in outputs[0] and "'spawn' context" in outputs[0]
 
 

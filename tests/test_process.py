@@ -78,6 +78,7 @@ def test_child_stdout_is_flushed_before_exit():
     assert out.stdout == "from the child"
 
 
+@requires_fork  # spawned children re-import the main module, which registers its own
 def test_child_atexit_handlers_of_the_parent_do_not_run():
     out = run_script("""
         import atexit, os, cowmp
