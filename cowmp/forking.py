@@ -17,6 +17,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 import warnings
 from multiprocessing import process, util
 from multiprocessing import queues as mp_queues
@@ -47,6 +48,21 @@ def _native_thread_count() -> int | None:
         return None
 
 
+def _foreign_thread_count(python_threads: int) -> int:
+    """OS threads that ``threading`` does not know (started by C code), on Linux.
+
+    A Python thread that has just finished is no longer listed by ``threading`` but its
+    OS thread lingers for a moment: a non-zero count is re-read briefly before it counts.
+    """
+    for attempt in range(5):
+        native = _native_thread_count()
+        foreign = 0 if native is None else max(0, native - 1 - python_threads)
+        if not foreign:
+            return 0
+        time.sleep(0.002 * (attempt + 1))
+    return foreign
+
+
 def _fork_safe(thread: threading.Thread) -> bool:
     """multiprocessing's queue feeder threads are built to survive a fork.
 
@@ -62,8 +78,7 @@ def warn_if_threads(stacklevel: int = 3) -> None:
     current = threading.current_thread()
     alive = [t for t in threading.enumerate() if t is not current and t.is_alive()]
     others = [t for t in alive if not _fork_safe(t)]
-    native = _native_thread_count()
-    foreign = 0 if native is None else max(0, native - 1 - len(alive))
+    foreign = _foreign_thread_count(len(alive))
     if not others and not foreign:
         return
     names = ", ".join(
