@@ -5,18 +5,25 @@ sentinels and exit codes are inherited unchanged, so a signal death reads ``-sig
 with two differences: the fork is :func:`cowmp.forking.protocol_fork`, and the child
 leaves through :func:`cowmp.exiting.leave`.  ``Process._bootstrap`` gives the exit codes of
 the standard library: return → 0, ``sys.exit(n)`` → n, an uncaught exception → 1 with its
-traceback printed; it also runs multiprocessing's finalizers and joins the child's own
-children before we leave.
+traceback printed.  multiprocessing's finalizers run and the child's own children are
+joined before we leave (in ``_bootstrap`` up to 3.12, through ``atexit`` since 3.13, as
+the standard fork launcher of each version does); the ``atexit`` handlers the child
+registered run too, the parent's never.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from multiprocessing import popen_fork, util
 
 from . import exiting, forking
 
 __all__ = ["Popen"]
+
+#: 3.13+: the fork child runs util._exit_function through atexit, not in _bootstrap.
+_EXIT_FUNCTION_IN_ATEXIT = sys.version_info >= (3, 13)
 
 
 class Popen(popen_fork.Popen):
@@ -34,11 +41,21 @@ class Popen(popen_fork.Popen):
             raise
         if self.pid == 0:
             try:
+                # The parent's atexit handlers are not the child's; those the child
+                # registers run when it leaves.  3.13+ moved multiprocessing's own exit
+                # function (finalizers, joining the child's children, flushing queue
+                # feeders) out of _bootstrap into this atexit pass.
+                atexit._clear()
+                if _EXIT_FUNCTION_IN_ATEXIT:
+                    atexit.register(util._exit_function)
                 os.close(parent_r)
                 os.close(parent_w)
                 code = process_obj._bootstrap(parent_sentinel=child_r)
             finally:
-                exiting.leave(code)
+                try:
+                    atexit._run_exitfuncs()
+                finally:
+                    exiting.leave(code)
         else:
             os.close(child_w)
             os.close(child_r)

@@ -285,3 +285,22 @@ def test_no_leaked_semaphore_or_resource_warnings_at_exit():
     assert out.stdout.strip() == "ok"
     assert "leaked" not in out.stderr and "resource_tracker" not in out.stderr, out.stderr
     assert out.stderr == ""
+
+
+@requires_fork
+def test_child_registered_atexit_handlers_run_and_queue_feeders_flush():
+    # 3.13 moved multiprocessing's exit function into the fork child's atexit pass
+    out = run_script("""
+        import atexit, cowmp
+        def work(q):
+            atexit.register(print, "child's own atexit handler")
+            for i in range(1000):
+                q.put(i)          # buffered in the feeder thread until the child leaves
+        if __name__ == "__main__":
+            ctx = cowmp.get_context("cowfork")
+            q = ctx.Queue()
+            p = ctx.Process(target=work, args=(q,)); p.start()
+            print(sum(q.get(timeout=30) for _ in range(1000))); p.join()
+    """)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["499500", "child's own atexit handler"]
