@@ -24,7 +24,8 @@ def test_bad_policy_in_environment_names_the_variable():
     assert "COWMP_GC_POLICY='never' is not a cowmp GC policy" in out.stderr
 
 
-POLICY_SCRIPT = """
+# shared by the scripts below: a cyclic object and a short-lived bare-fork child
+PRELUDE = """
 import gc, os, sys, cowmp
 
 class Cycle:
@@ -36,7 +37,9 @@ def fork_and_reap():
     if pid == 0:
         cowmp.exit(0)
     os.waitpid(pid, 0)
+"""
 
+POLICY_SCRIPT = PRELUDE + """
 cowmp.set_gc_policy(sys.argv[1])
 fork_and_reap()
 frozen = gc.get_freeze_count()
@@ -65,51 +68,32 @@ def test_parent_policies(policy, expected):
 def test_auto_policy_thaws_and_collects_when_no_child_shares_the_heap():
     # objects frozen alive that become cyclic garbage later are reclaimed once the
     # frozen set has grown by a quarter and no child is alive
-    out = run_script("""
-        import gc, os, cowmp
-
-        class Cycle:
-            def __init__(self):
-                self.me = self
-
-        def fork_and_reap():
-            pid = cowmp.fork()
-            if pid == 0:
-                cowmp.exit(0)
-            os.waitpid(pid, 0)
-
-        fork_and_reap()
-        fork_and_reap()                       # idle: the first whole-heap collection
-        base = gc.get_freeze_count()
-        held = [Cycle() for _ in range(base)]  # alive at the next fork: frozen
-        fork_and_reap()                       # +100%, idle: collected (held survives)
-        assert gc.get_freeze_count() >= 1.9 * base
-        del held                              # frozen garbage now
-        more = [[] for _ in range(base)]      # another +50% of live objects
-        fork_and_reap()                       # idle, grown: thaw, collect, refreeze
-        print(gc.get_freeze_count() < 2.2 * base, len(more) == base)
-    """)
+    out = run_script(PRELUDE + """
+fork_and_reap()
+fork_and_reap()                       # idle: the first whole-heap collection
+base = gc.get_freeze_count()
+held = [Cycle() for _ in range(base)]  # alive at the next fork: frozen
+fork_and_reap()                       # +100%, idle: collected (held survives)
+assert gc.get_freeze_count() >= 1.9 * base
+del held                              # frozen garbage now
+more = [[] for _ in range(base)]      # another +50% of live objects
+fork_and_reap()                       # idle, grown: thaw, collect, refreeze
+print(gc.get_freeze_count() < 2.2 * base, len(more) == base)
+""")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True True"
 
 
 @requires_fork
 def test_user_disabled_gc_is_never_collected_by_cowmp():
-    out = run_script("""
-        import gc, os, cowmp
-        class Cycle:
-            def __init__(self):
-                self.me = self
-        gc.disable()
-        garbage = [Cycle() for _ in range(3000)]
-        del garbage
-        before = gc.get_freeze_count()
-        pid = cowmp.fork()
-        if pid == 0:
-            cowmp.exit(0)
-        os.waitpid(pid, 0)
-        print(gc.get_freeze_count() - before >= 3000, gc.isenabled())
-    """)
+    out = run_script(PRELUDE + """
+gc.disable()
+garbage = [Cycle() for _ in range(3000)]
+del garbage
+before = gc.get_freeze_count()
+fork_and_reap()
+print(gc.get_freeze_count() - before >= 3000, gc.isenabled())
+""")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True False"
 

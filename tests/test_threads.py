@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 
@@ -15,19 +16,26 @@ def _nothing():
     pass
 
 
+@contextlib.contextmanager
+def running_thread(name):
+    """A thread named ``name`` that runs until the block ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name=name)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join()
+
+
 @requires_fork
 def test_forking_with_a_running_thread_warns_and_names_it(ctx):
-    stop = threading.Event()
-    t = threading.Thread(target=stop.wait, name="model-loader")
-    t.start()
-    try:
+    with running_thread("model-loader"):
         p = ctx.Process(target=_nothing)
         with pytest.warns(cowmp.ForkWithThreadsWarning) as record:
             p.start()
         p.join(30)
-    finally:
-        stop.set()
-        t.join()
     message = str(record[0].message)
     assert "'model-loader'" in message
     assert "stays locked there forever" in message and "deadlock" in message
@@ -48,19 +56,12 @@ def test_no_warning_without_threads_or_with_only_queue_feeders(ctx):
 
 @requires_fork
 def test_warning_as_error_in_the_main_thread_starts_nothing(ctx):
-    stop = threading.Event()
-    t = threading.Thread(target=stop.wait, name="busy")
-    t.start()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", cowmp.ForkWithThreadsWarning)
-            p = ctx.Process(target=_nothing)
-            with pytest.raises(cowmp.ForkWithThreadsWarning, match="'busy'"):
-                p.start()
+    with running_thread("busy"), warnings.catch_warnings():
+        warnings.simplefilter("error", cowmp.ForkWithThreadsWarning)
+        p = ctx.Process(target=_nothing)
+        with pytest.raises(cowmp.ForkWithThreadsWarning, match="'busy'"):
+            p.start()
         assert p._popen is None and cowmp.active_children() == []
-    finally:
-        stop.set()
-        t.join()
 
 
 def test_seed_001_lock_held_at_fork_stays_held_in_the_child():
