@@ -304,3 +304,32 @@ def test_child_registered_atexit_handlers_run_and_queue_feeders_flush():
     """)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == ["499500", "child's own atexit handler"]
+
+
+def _circular_del_into_queue(results):
+    # seed 001 (codewithoutrules): the collector runs __del__, which puts into a queue,
+    # in the middle of another put; fixed in CPython 3.7 and must stay so in a child
+    import queue
+
+    q = queue.Queue()
+
+    class Circular:
+        def __init__(self):
+            self.circular = self
+
+        def __del__(self):
+            q.put(1)
+
+    for _ in range(20_000):
+        Circular()
+        q.put(2)
+    results.put((q.qsize() > 20_000, gc.isenabled()))
+
+
+def test_seed_001_gc_running_del_during_queue_put_does_not_deadlock(ctx):
+    results = ctx.Queue()
+    p = ctx.Process(target=_circular_del_into_queue, args=(results,))
+    p.start()
+    assert results.get(timeout=60) == (True, True)
+    p.join(30)
+    assert p.exitcode == 0
