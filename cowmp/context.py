@@ -23,7 +23,7 @@ from typing import Any
 
 from loky.backend.context import ctx_loky as _loky  # also registers the "loky" method
 
-from . import fallback, forking, heap
+from . import fallback
 from . import synchronize as cow_sync
 
 __all__ = [
@@ -168,15 +168,6 @@ class CowDefaultContext(mp_context.DefaultContext):
 
 default_context = CowDefaultContext(_cowfork_context)
 
-
-def _children_sharing_pages_alive() -> bool:
-    """Is any child that may share our pages still running?  (heap's thaw rule)"""
-    if process.active_children():  # also reaps multiprocessing's finished children
-        return True
-    return forking.bare_children_alive()
-
-
-heap.children_alive = _children_sharing_pages_alive
 
 if sys.platform != "win32":
     cow_sync.register_reducers()

@@ -38,7 +38,6 @@ class ForkWithThreadsWarning(RuntimeWarning):
 _lock = threading.RLock()
 _local = threading.local()  # .in_protocol: our own fork is running (hooks stand aside)
 _hooks_installed = False
-_bare_children: set[int] = set()  # pids made by fork() or a hooked os.fork()
 
 
 def _native_thread_count() -> int | None:
@@ -118,13 +117,8 @@ def reset_multiprocessing_state() -> None:
     util._run_after_forkers()
 
 
-def _before() -> None:
-    heap.freeze_for_fork()
-
-
 def _after_in_child(*, bare: bool) -> None:
     heap.after_fork_in_child()
-    _bare_children.clear()
     if bare:
         reset_multiprocessing_state()
 
@@ -138,9 +132,7 @@ def fork() -> int:
     the teardown does not walk and copy the inherited heap; the exit code is unchanged.
     """
     pid = protocol_fork(bare=True, stacklevel=3)
-    if pid:
-        _bare_children.add(pid)
-    else:
+    if pid == 0:
         atexit.register(exiting.pin_inherited_heap)
     return pid
 
@@ -151,7 +143,7 @@ def protocol_fork(*, bare: bool, stacklevel: int) -> int:
         raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
     with _lock:
         warn_if_threads(stacklevel=stacklevel + 1)
-        _before()
+        heap.freeze_for_fork()
         _local.in_protocol = True
         try:
             pid = os.fork()
@@ -164,24 +156,10 @@ def protocol_fork(*, bare: bool, stacklevel: int) -> int:
         return pid
 
 
-def bare_children_alive() -> bool:
-    """True if a child made by a bare fork still runs (zombies count as ended)."""
-    for pid in list(_bare_children):
-        try:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            _bare_children.discard(pid)  # already reaped by its owner
-            continue
-        if info is None:
-            return True
-        _bare_children.discard(pid)
-    return False
-
-
 def _hook_before() -> None:
     if not getattr(_local, "in_protocol", False):
         warn_if_threads(stacklevel=4)
-        _before()
+        heap.freeze_for_fork()
 
 
 def _hook_after_in_parent() -> None:

@@ -36,7 +36,8 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from collections.abc import Callable
+
+import psutil
 
 __all__ = ["GC_POLICIES", "get_gc_policy", "set_gc_policy"]
 
@@ -71,8 +72,23 @@ class _HeapState:
 
 _state = _HeapState(_policy_from_environment())
 
-#: Set by the context module: answers "is any child sharing our pages alive?".
-children_alive: Callable[[], bool] = lambda: True  # noqa: E731
+def children_alive() -> bool:
+    """Is any child process, which may share our pages, still running?  Zombies are not.
+
+    Asks the OS, so children of every kind count: multiprocessing's, ``cowmp.fork()``'s,
+    those of an ``os.fork()`` made by other code.
+    """
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return True
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            continue
+    return False
 
 
 def get_gc_policy() -> str:
@@ -105,17 +121,18 @@ def _whole_heap_collection_due() -> bool:
 def freeze_for_fork() -> None:
     """Run the parent's side of the protocol right before ``os.fork()``."""
     with _state.lock:
+        whole_heap = False
         if _state.policy == "auto" and gc.isenabled():
             if _whole_heap_collection_due():
                 gc.unfreeze()
                 gc.collect()
-                _state.frozen_after_full = -1  # set below, once frozen again
+                whole_heap = True
             elif gc.get_freeze_count() == 0:
                 gc.collect(1)  # first freeze: the young only, not the whole heap
             else:
                 gc.collect()  # what was made since the last freeze (frozen is skipped)
         gc.freeze()
-        if _state.frozen_after_full < 0:
+        if whole_heap:
             _state.frozen_after_full = gc.get_freeze_count()
 
 
