@@ -106,17 +106,15 @@ SEMLOCK_CLASSES: tuple[type, ...] = (
 
 
 def register_reducers() -> None:
-    """Install :func:`check_semlock_portable` in the picklers that start processes."""
+    """Install :func:`check_semlock_portable` in the pickler that starts processes.
+
+    loky's pickler gets it too: :func:`cowmp.fallback.register_loky_reducers` mirrors
+    every ``ForkingPickler`` registration into it.
+    """
     from multiprocessing.reduction import ForkingPickler
 
     for cls in SEMLOCK_CLASSES:
         ForkingPickler.register(cls, check_semlock_portable)
-    try:
-        from loky.backend import reduction as loky_reduction
-    except ImportError:  # pragma: no cover - loky is a dependency
-        return
-    for cls in SEMLOCK_CLASSES:
-        loky_reduction.register(cls, check_semlock_portable)
 
 
 def __getattr__(name: str) -> Any:
