@@ -3,7 +3,8 @@
 Target (issue 2): a parent that starts 200 short-lived cowfork children while making
 ~0.5 MB of cyclic garbage between each grows by no more than plain fork does, plus 30 MB.
 Each mode runs in a fresh interpreter, side by side in this one run.  A second scenario
-(garbage that is still alive at one fork and dropped after it, so that it is frozen) is
+(garbage that is still alive at one fork and dropped after it, so that it is frozen) and
+a third (the same while a long-lived child, such as a pool's worker, shares the heap) are
 printed for information, with the "frozen" policy for contrast.
 Usage: python benchmarks/bench_parent_policy.py [--children 200] [--objects 1000000]
 """
@@ -35,10 +36,16 @@ def garbage(nbytes):
 def noop():
     pass
 
+def sleep():
+    import time
+    time.sleep(3600)
+
 method, policy, scenario, children, objects = {args!r}
 cowmp.set_gc_policy(policy)
 ctx = cowmp.get_context(method)
 data = build_heap(objects)
+if scenario == "sibling-alive":
+    sibling = ctx.Process(target=sleep, daemon=True); sibling.start()
 start = uss()
 held = None
 for _ in range(children):
@@ -70,7 +77,7 @@ def main() -> None:
     header(f"Parent growth over {args.children} short-lived children, "
            f"{args.objects:,}-tuple heap")
     results = {}
-    for scenario in ("between", "held-across-fork"):
+    for scenario in ("between", "held-across-fork", "sibling-alive"):
         for method, policy in (("fork", "auto"), ("cowfork", "auto"), ("cowfork", "frozen")):
             growth = run(method, policy, scenario, args.children, args.objects)
             results[scenario, method, policy] = growth

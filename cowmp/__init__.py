@@ -21,7 +21,7 @@ from .context import Process as Process
 from .context import default_context as _default
 from .exiting import exit
 from .forking import ForkWithThreadsWarning, fork, install_fork_hooks
-from .heap import GC_POLICIES, get_gc_policy, set_gc_policy
+from .heap import GC_POLICIES, collect, get_gc_policy, set_gc_policy
 from .synchronize import ContextMismatchError
 
 _compat.install()
@@ -83,6 +83,7 @@ __all__ = [
     "CowForkContext",
     "CowForkProcess",
     "ForkWithThreadsWarning",
+    "collect",
     "exit",
     "fork",
     "get_gc_policy",

@@ -9,13 +9,14 @@ handlers are not the child's to run.
 
 from __future__ import annotations
 
-import gc
 import io
 import os
 import sys
 import types
 from multiprocessing import util
 from typing import NoReturn
+
+from . import heap
 
 __all__ = ["exit", "pin_inherited_heap"]
 
@@ -85,4 +86,4 @@ def pin_inherited_heap() -> None:
         holder.extend(v for v in list(namespace.values()) if _pinnable(v))
     holder[0] = holder  # a cycle: its refcount never reaches zero
     _pinned.append(holder)
-    gc.freeze()  # and the collector never looks at it
+    heap.freeze_all()  # and the collector never looks at it

@@ -1,8 +1,9 @@
 """The one place where cowmp forks: ``os.fork()`` wrapped in the copy-on-write protocol.
 
 Before the fork: warn if other threads run (their locks would stay locked forever in the
-child), freeze the heap for the GC (:mod:`cowmp.heap`).  After it, in the child: the GC is
-re-enabled for new objects, cowmp's bookkeeping is reset, and, for a bare fork, the
+child), let :mod:`cowmp.heap` prepare the heap (freeze per policy, GC held off).  After
+it, in the child: the inherited heap is frozen, the GC re-enabled for new objects,
+cowmp's bookkeeping is reset, and, for a bare fork, the
 multiprocessing state inherited from the parent (children, finalizers, after-fork hooks)
 is reset the way multiprocessing does it for its own children.
 
@@ -147,6 +148,9 @@ def protocol_fork(*, bare: bool, stacklevel: int) -> int:
         _local.in_protocol = True
         try:
             pid = os.fork()
+        except BaseException:
+            heap.after_fork_in_parent()
+            raise
         finally:
             _local.in_protocol = False
         if pid == 0:

@@ -2,30 +2,32 @@
 
 A full collection writes into the header of every object it tracks, so a child that
 collects an inherited heap copies most of its pages.  ``gc.freeze()`` moves every tracked
-object into a permanent generation that collections skip; called right before ``fork()``
-it leaves the whole inherited heap out of the child's collections (DESIGN §2.1).
+object into a permanent generation that collections skip, and it is cheap: a splice of
+the collector's lists, a few header writes.  Every cowfork child freezes everything it
+inherited as the first thing it does after the fork; the GC is disabled in the parent
+across the fork, so no collection can run in between (DESIGN §2.1).  Children therefore
+never collect the inherited heap, whatever the parent does.
 
-What the *parent* does with its frozen objects afterwards is a trade-off, chosen by the
-policy (:func:`set_gc_policy`, or the ``COWMP_GC_POLICY`` environment variable):
+What the *parent* freezes is a trade-off, chosen by the policy (:func:`set_gc_policy`,
+or the ``COWMP_GC_POLICY`` environment variable):
 
 ``"auto"`` (default)
-    Before each fork, collect what is not frozen yet (everything made since the previous
-    fork: the collector skips frozen objects, so this costs what was allocated since, and
-    at the first fork only the young generations), so that garbage made between forks is
-    freed instead of frozen; then freeze.  Frozen objects stay frozen, so the
-    parent writes nothing into the pages its children share.  Objects frozen while alive
-    that become cyclic garbage later would never be collected, so when no cowfork child is
-    alive (nobody shares the pages, so writing them costs nothing) and at least a quarter
-    more objects have been frozen since the last whole-heap collection, the parent thaws
-    and collects everything before it freezes again: the same amortised rule CPython uses
-    for its own full collections.  A parent that forks thousands of times stays bounded.
+    The parent freezes its heap at a fork when no child is alive, that is when it starts
+    to share pages that nobody shares yet, after collecting what is not frozen (at the
+    first fork only the young generations).  Its own collections then never write into
+    those pages while children share them.  Objects made while children are alive are
+    left to the collector as under plain fork, so a pool that is made and dropped while
+    another pool runs is freed as usual.  Objects frozen alive that become cyclic garbage
+    later are reclaimed at a fork when no child is alive and the frozen set has grown by
+    a quarter since the last whole-heap collection (the parent thaws, collects everything
+    and freezes again: CPython's own amortised rule for full collections), or at once by
+    :func:`collect`.  A parent that forks thousands of times stays bounded.
 ``"frozen"``
-    Freeze before each fork and never collect on the parent's behalf (Instagram's
+    Freeze before every fork and never collect on the parent's behalf (Instagram's
     original recipe).  Cheapest; cyclic garbage alive at a fork is never reclaimed.
 ``"unfreeze"``
-    Freeze before each fork and unfreeze right after it in the parent.  The parent's
-    collector then sees everything again and its collections copy the pages its children
-    share; memory is reclaimed as usual.
+    The parent never keeps anything frozen: its collector runs as under plain fork,
+    reclaims everything as usual, and its collections copy the pages its children share.
 
 A parent that disabled the GC itself (``gc.disable()``) is never collected by cowmp: the
 objects are only frozen.  Children always re-enable the GC (CPython's documented recipe).
@@ -39,7 +41,7 @@ import threading
 
 import psutil
 
-__all__ = ["GC_POLICIES", "get_gc_policy", "set_gc_policy"]
+__all__ = ["GC_POLICIES", "collect", "get_gc_policy", "set_gc_policy"]
 
 GC_POLICIES = ("auto", "frozen", "unfreeze")
 
@@ -67,17 +69,42 @@ class _HeapState:
         self.policy = policy
         # gc.get_freeze_count() right after the last collection of the whole heap.
         self.frozen_after_full = 0
+        # Forks between freeze_for_fork() and after_fork_in_parent(), in all threads,
+        # and whether the GC was enabled before the first of them disabled it.
+        self.forks_in_flight = 0
+        self.reenable = False
         self.lock = threading.Lock()
 
 
 _state = _HeapState(_policy_from_environment())
 
+
+def _alive(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False  # already reaped
+    return state != b"Z"
+
+
 def children_alive() -> bool:
     """Is any child process, which may share our pages, still running?  Zombies are not.
 
     Asks the OS, so children of every kind count: multiprocessing's, ``cowmp.fork()``'s,
-    those of an ``os.fork()`` made by other code.
+    those of an ``os.fork()`` made by other code.  On Linux the kernel lists each thread's
+    children (``/proc/self/task/*/children``); elsewhere psutil scans the process table.
     """
+    if os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/children", "rb") as listing:
+                    pids = listing.read().split()
+            except OSError:
+                continue  # the thread has ended; its children moved to another thread
+            if any(_alive(pid.decode()) for pid in pids):
+                return True
+        return False
     try:
         children = psutil.Process().children()
     except psutil.Error:
@@ -109,42 +136,88 @@ def set_gc_policy(policy: str) -> None:
     _state.policy = policy
 
 
+def collect() -> int:
+    """Collect the whole heap now, objects frozen by cowmp included; return what
+    ``gc.collect()`` returns (the number of unreachable objects found).
+
+    The collection that the ``"auto"`` policy does not make on its own while children
+    are alive: call it after dropping large structures that were alive at a fork (a
+    model, a terminated pool).  If anything was frozen, the survivors are frozen again.
+    It writes into every page that live children share, so each of those pages is then
+    copied once, by the parent.
+    """
+    with _state.lock:
+        refreeze = gc.get_freeze_count() > 0
+        gc.unfreeze()
+        found = gc.collect()
+        if refreeze:
+            gc.freeze()
+        _state.frozen_after_full = gc.get_freeze_count()
+        return found
+
+
+def freeze_all() -> None:
+    """Freeze every object tracked now (a child pinning its heap for the exit)."""
+    gc.freeze()
+
+
 def _whole_heap_collection_due() -> bool:
     frozen = gc.get_freeze_count()
     if frozen <= _state.frozen_after_full:
         return False
-    if frozen > THAW_MIN_OBJECTS and frozen < _state.frozen_after_full * (1 + THAW_GROWTH):
-        return False
-    return not children_alive()
+    return frozen <= THAW_MIN_OBJECTS or frozen >= _state.frozen_after_full * (
+        1 + THAW_GROWTH
+    )
+
+
+def _freeze_unshared_heap(collecting: bool) -> None:
+    """"auto": the parent's pages are about to be shared for the first time since the
+    last child ended.  Collect what is not frozen (or, when due, everything), freeze."""
+    whole_heap = False
+    if collecting:
+        if _whole_heap_collection_due():
+            gc.unfreeze()
+            gc.collect()
+            whole_heap = True
+        elif gc.get_freeze_count() == 0:
+            gc.collect(1)  # first freeze: the young only, not the whole heap
+        else:
+            gc.collect()  # what was made since the last freeze (frozen is skipped)
+    gc.freeze()
+    if whole_heap:
+        _state.frozen_after_full = gc.get_freeze_count()
 
 
 def freeze_for_fork() -> None:
-    """Run the parent's side of the protocol right before ``os.fork()``."""
+    """Run the parent's side of the protocol right before ``os.fork()``.
+
+    Leaves the GC disabled until :func:`after_fork_in_parent`, so that no collection runs
+    in the child before it has frozen what it inherits.
+    """
     with _state.lock:
-        whole_heap = False
-        if _state.policy == "auto" and gc.isenabled():
-            if _whole_heap_collection_due():
-                gc.unfreeze()
-                gc.collect()
-                whole_heap = True
-            elif gc.get_freeze_count() == 0:
-                gc.collect(1)  # first freeze: the young only, not the whole heap
-            else:
-                gc.collect()  # what was made since the last freeze (frozen is skipped)
-        gc.freeze()
-        if whole_heap:
-            _state.frozen_after_full = gc.get_freeze_count()
+        if _state.forks_in_flight == 0:
+            _state.reenable = gc.isenabled()
+        _state.forks_in_flight += 1
+        gc.disable()
+        if _state.policy == "frozen":
+            gc.freeze()
+        elif _state.policy == "auto" and not children_alive():
+            _freeze_unshared_heap(collecting=_state.reenable)
 
 
 def after_fork_in_parent() -> None:
-    """Run the parent's side of the protocol right after ``os.fork()``."""
-    if _state.policy == "unfreeze":
-        gc.unfreeze()
+    """Run the parent's side of the protocol right after ``os.fork()`` (or its failure)."""
+    with _state.lock:
+        _state.forks_in_flight -= 1
+        if _state.forks_in_flight == 0 and _state.reenable:
+            gc.enable()
 
 
 def after_fork_in_child() -> None:
-    """Run the child's side: collections resume, but skip everything inherited."""
+    """Run the child's side: freeze everything inherited, then let collections resume
+    for the objects the child makes."""
     global _state
+    gc.freeze()
     _state = _HeapState(_state.policy)
     _state.frozen_after_full = gc.get_freeze_count()
     gc.enable()

@@ -56,7 +56,7 @@ print(sys.argv[1], "frozen-garbage" if grown >= 5000 else "collected",
 @pytest.mark.parametrize("policy,expected", [
     ("auto", "auto collected frozen-after"),          # garbage freed, not frozen
     ("frozen", "frozen frozen-garbage frozen-after"),  # Instagram's recipe: garbage frozen
-    ("unfreeze", "unfreeze collected thawed"),          # parent thaws right after each fork
+    ("unfreeze", "unfreeze collected thawed"),          # parent keeps nothing frozen
 ])
 def test_parent_policies(policy, expected):
     out = run_script(POLICY_SCRIPT, args=(policy,))
@@ -99,7 +99,11 @@ print(gc.get_freeze_count() - before >= 3000, gc.isenabled())
 
 
 MEMORY_SCRIPT = """
-import gc, os, sys, psutil, cowmp
+import gc, os, sys, time, psutil, cowmp
+if sys.argv[2] == "sibling":   # a child alive at the fork: the parent freezes nothing
+    sibling = cowmp.fork()
+    if sibling == 0:
+        time.sleep(60); cowmp.exit(0)
 data = [(i, str(i), [i]) for i in range(300_000)]
 heap = psutil.Process().memory_full_info().uss
 def child(r, w):
@@ -113,14 +117,115 @@ if pid == 0:
 os.read(r1, 1)
 uss = psutil.Process(pid).memory_full_info().uss
 os.write(w2, b"x"); os.waitpid(pid, 0)
+if sys.argv[2] == "sibling":
+    os.kill(sibling, 9); os.waitpid(sibling, 0)
 print(uss / heap)
 """
 
 
 @requires_fork
-def test_seed_002_gc_in_a_child_copies_little_with_cowmp_and_much_with_plain_fork():
-    # seeds 001/002: a child that runs the collector over an inherited heap
-    plain = float(run_script(MEMORY_SCRIPT, args=("os",)).stdout)
-    cow = float(run_script(MEMORY_SCRIPT, args=("cowmp",)).stdout)
+@pytest.mark.parametrize("siblings", ["alone", "sibling"])
+def test_seed_002_gc_in_a_child_copies_little_with_cowmp_and_much_with_plain_fork(siblings):
+    # seeds 001/002: a child that runs the collector over an inherited heap.  With a
+    # sibling alive the parent does not freeze the data: the child's own freeze does.
+    plain = float(run_script(MEMORY_SCRIPT, args=("os", siblings)).stdout)
+    cow = float(run_script(MEMORY_SCRIPT, args=("cowmp", siblings)).stdout)
     assert cow < 0.10, cow
     assert plain > 0.30, plain
+
+
+# a long-lived child (as a pool's worker is) keeps the parent's heap shared
+SIBLING = PRELUDE + """
+import time, weakref
+sibling = cowmp.fork()
+if sibling == 0:
+    time.sleep(60); cowmp.exit(0)
+"""
+REAP_SIBLING = """
+os.kill(sibling, 9); os.waitpid(sibling, 0)
+"""
+
+
+@requires_fork
+@pytest.mark.parametrize("policy", ["auto", "unfreeze"])
+def test_objects_made_while_children_live_are_collected_as_under_fork(policy):
+    out = run_script(SIBLING + """
+cowmp.set_gc_policy(sys.argv[1])
+cycle = Cycle(); ref = weakref.ref(cycle)
+fork_and_reap()                  # alive at this fork, made while a child lives
+del cycle
+gc.collect()
+print("freed" if ref() is None else "leaked")
+""" + REAP_SIBLING, args=(policy,))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "freed"
+
+
+@requires_fork
+def test_terminated_pools_do_not_leak_while_another_pool_runs():
+    # A terminated Pool with pending tasks is a reference cycle holding pipes.
+    out = run_script("""
+import gc, os, time, cowmp
+keep = cowmp.Pool(1)
+def fds(): return len(os.listdir("/proc/self/fd"))
+base = fds()
+for _ in range(8):
+    pool = cowmp.Pool(2)
+    pending = pool.map_async(time.sleep, [10] * 8, chunksize=1)
+    pool.terminate(); pool.join(); del pool, pending
+gc.collect()
+print(fds() - base)
+keep.terminate(); keep.join()
+""")
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) <= 2, out.stdout  # each leaked pool would hold 10
+
+
+@requires_fork
+def test_collect_reclaims_frozen_garbage_while_children_live():
+    out = run_script(SIBLING + """
+gc.collect(); gc.freeze()        # e.g. frozen at an earlier fork
+cycle = Cycle(); ref = weakref.ref(cycle)
+fork_and_reap()                  # a child is alive: "auto" collects nothing frozen
+gc.freeze()
+del cycle
+gc.collect()
+frozen_garbage = ref() is not None
+found = cowmp.collect()
+print(frozen_garbage, ref() is None, found >= 1, gc.get_freeze_count() > 0)
+""" + REAP_SIBLING)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True True True True"
+
+
+@requires_fork
+@pytest.mark.parametrize("policy", cowmp.GC_POLICIES)
+def test_every_child_freezes_what_it_inherits_and_the_gc_runs_again(policy):
+    out = run_script(SIBLING + """
+cowmp.set_gc_policy(sys.argv[1])
+tracked = len(gc.get_objects())
+r, w = os.pipe()
+pid = cowmp.fork()
+if pid == 0:
+    os.write(w, f"{gc.get_freeze_count() >= tracked} {gc.isenabled()}".encode())
+    cowmp.exit(0)
+os.waitpid(pid, 0)
+print(os.read(r, 100).decode(), gc.isenabled())
+""" + REAP_SIBLING, args=(policy,))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True True True"
+
+
+@requires_fork
+def test_a_failed_fork_restores_the_parents_gc():
+    out = run_script(PRELUDE + """
+def no_fork():
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+os.fork = no_fork
+try:
+    cowmp.fork()
+except BlockingIOError:
+    print("raised", gc.isenabled())
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "raised True"
