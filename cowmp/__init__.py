@@ -19,9 +19,12 @@ from . import compat as _compat
 from .context import FALLBACK, CowForkContext, CowForkProcess
 from .context import Process as Process
 from .context import default_context as _default
+from .executor import CowProcessPoolExecutor, WorkerDiedError
 from .exiting import exit
 from .forking import ForkWithThreadsWarning, fork, install_fork_hooks
 from .heap import GC_POLICIES, collect, get_gc_policy, set_gc_policy
+from .serialize import RemoteTraceback, TaskPicklingError
+from .sharing import is_shared, share
 from .synchronize import ContextMismatchError
 
 _compat.install()
@@ -80,15 +83,21 @@ __all__ = [
     "FALLBACK",
     "GC_POLICIES",
     "ContextMismatchError",
+    "CowProcessPoolExecutor",
     "CowForkContext",
     "CowForkProcess",
     "ForkWithThreadsWarning",
+    "RemoteTraceback",
+    "TaskPicklingError",
+    "WorkerDiedError",
     "collect",
     "exit",
     "fork",
     "get_gc_policy",
     "install_fork_hooks",
+    "is_shared",
     "set_gc_policy",
+    "share",
 ]
 
 

@@ -1,0 +1,810 @@
+"""CowProcessPoolExecutor: a concurrent.futures pool that shares, heals and never forks
+from threads (DESIGN §2.5, §2.6).
+
+The executor forks a fork server (:mod:`cowmp.zygote`) when it is created, while the
+caller is normally still single-threaded: that is the snapshot its workers share.  Every
+worker, the first ones and every replacement, is forked by that server, never by this
+process, whose executor runs a manager thread.  The manager thread sends pieces of work
+to the workers, collects outcomes, enforces per-task timeouts, and replaces a worker that
+dies, fails only the task it was running, and sends the rest of its work elsewhere.
+
+Where there is no fork (or with a context that does not fork) the workers are processes
+of the context (:mod:`cowmp.launcher`): same behaviour, nothing shared.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import connection, sharedctypes
+from typing import Any
+
+from . import serialize, worker
+from .context import _cowfork_context as cowfork_context
+from .context import is_forking_cowfork
+from .launcher import ProcessLauncher
+from .progress import make_bar
+from .zygote import ForkServer
+
+__all__ = ["CowProcessPoolExecutor", "WorkerDiedError"]
+
+#: a worker gets a second piece before it finishes the first only if it is this small
+PREFETCH_BYTES = 64 * 1024
+#: automatic chunking aims at pieces that take about this long in a worker
+CHUNK_SECONDS = 0.05
+#: workers that die before they are ready, in a row, before the pool is declared broken
+STARTUP_FAILURES = 3
+#: seconds to wait for a dead worker's exit status before reporting it unknown
+STATUS_WAIT = 5.0
+
+
+class WorkerDiedError(BrokenProcessPool):
+    """The worker running this task died (killed by a signal, ``os._exit``, a crash).
+
+    Only this task fails: the executor replaced the worker and goes on.  A subclass of
+    :class:`~concurrent.futures.process.BrokenProcessPool`, which the standard executor
+    raises in this case, so existing ``except`` clauses still catch it.
+    """
+
+    def __init__(self, message: str, pid: int | None = None,
+                 exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "with an unknown status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}"
+    return f"with exit code {exitcode}"
+
+
+def _describe_task(fn: Any, args: tuple) -> str:
+    name = getattr(fn, "__qualname__", None) or serialize.short_repr(fn, 40)
+    shown = ", ".join(serialize.short_repr(a, 30) for a in args[:3])
+    return f"{name}({shown}{', ...' if len(args) > 3 else ''})"
+
+
+class _Job:
+    """One ``submit()`` (``single``: its future gets the value) or one map chunk (its
+    future gets ``(outcomes, seconds)``)."""
+
+    __slots__ = ("args", "claimed", "fn", "future", "kwargs", "missing", "outcomes",
+                 "seconds", "single", "timeout")
+
+    def __init__(self, future: Future, fn: Any, args: list, kwargs: list | None,
+                 single: bool, timeout: float | None) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.single = single
+        self.timeout = timeout
+        self.outcomes: list = [None] * len(args)
+        self.missing = len(args)
+        self.seconds = 0.0
+        self.claimed = False
+
+    def claim(self) -> bool:
+        """Mark the future running when its first piece is sent; False if cancelled."""
+        if self.claimed:
+            return not self.future.done()
+        self.claimed = True
+        return self.future.set_running_or_notify_cancel()
+
+    def settle(self, index: int, outcome: tuple) -> None:
+        if self.outcomes[index] is not None:
+            return
+        self.outcomes[index] = outcome
+        self.missing -= 1
+        if self.missing or self.future.done():
+            return
+        if not self.claimed:
+            self.claim()
+        if self.single:
+            ok, value = self.outcomes[0]
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        else:
+            self.future.set_result((self.outcomes, self.seconds))
+        self.fn = self.args = self.kwargs = None
+
+    def fail_all(self, error: BaseException) -> None:
+        for index, outcome in enumerate(self.outcomes):
+            if outcome is None:
+                self.settle(index, (False, error))
+
+
+class _Piece:
+    """What one message to a worker carries: some tasks of one job."""
+
+    __slots__ = ("id", "indices", "job", "payload", "strikes")
+    _ids = itertools.count(1)
+
+    def __init__(self, job: _Job, indices: list[int], payload: bytes) -> None:
+        self.id = next(self._ids)
+        self.job = job
+        self.indices = indices
+        self.payload = worker.HEADER.pack(self.id, len(indices)) + payload
+        self.strikes = 0
+
+
+class _Worker:
+    __slots__ = ("assigned", "conn", "exitcode", "eof_at", "inflight", "kill_reason",
+                 "pid", "ready", "retiring", "slot")
+
+    def __init__(self, slot: int, conn: Any) -> None:
+        self.slot = slot
+        self.conn = conn
+        self.pid: int | None = None
+        self.ready = False
+        self.retiring = False
+        self.inflight: collections.deque[_Piece] = collections.deque()
+        self.assigned = 0
+        self.exitcode: int | None = None
+        self.eof_at: float | None = None
+        self.kill_reason: tuple | None = None  # (piece id, index, timeout) of a timeout
+
+
+_live_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+_global_shutdown = False
+
+
+def _close_inherited_handles() -> None:
+    """In a forked child: the parent's executors are not ours; close their handles, so
+    that their workers and fork servers see the end of the parent when it comes."""
+    for pool in list(_live_pools):
+        pool.close_handles_in_child()
+
+
+def _python_exit() -> None:
+    """At interpreter exit, as the standard executor does: finish pending work, stop."""
+    global _global_shutdown
+    _global_shutdown = True
+    for pool in list(_live_pools):
+        if pool.owner == os.getpid():
+            pool.shutdown(wait=True, cancel_futures=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_handles)
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_python_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_python_exit)
+
+
+class _Pool:
+    """The executor's state and its manager thread (kept apart from the facade, so that
+    a forgotten executor can be collected and shut down)."""
+
+    def __init__(self, max_workers: int, ctx: Any, initializer: Any, initargs: tuple,
+                 max_tasks: int | None, task_timeout: float | None) -> None:
+        self.owner = os.getpid()
+        self.max_workers = max_workers
+        self.max_tasks = max_tasks
+        self.task_timeout = task_timeout
+        self.queue: collections.deque[_Piece] = collections.deque()
+        self.lock = threading.Lock()
+        self.shutdown_requested = False
+        self.broken: str | None = None
+        self.thread: threading.Thread | None = None
+        self.workers: dict[int, _Worker] = {}
+        self.startup_failures = 0
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        forks = is_forking_cowfork(ctx) or (
+            getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
+        size = max_workers * worker.SLOT_FIELDS
+        if forks:
+            self.progress = sharedctypes.RawArray("d", size)
+            self.snapshot = serialize.Snapshot.take(by_reference=True)
+            self.launcher: Any = ForkServer(self.progress, initializer, initargs, max_tasks)
+        else:
+            self.progress = ctx.RawArray("d", size)
+            self.snapshot = serialize.Snapshot.take(by_reference=False)
+            self.launcher = ProcessLauncher(ctx, self.progress, initializer, initargs,
+                                            max_tasks)
+        _live_pools.add(self)
+        try:
+            for slot in range(max_workers):
+                self.spawn(slot)
+        except BaseException:
+            self.launcher.stop()
+            raise
+
+    # -- called from any thread ---------------------------------------------------------
+
+    def check_usable(self) -> None:
+        if self.owner != os.getpid():
+            raise RuntimeError(
+                f"this executor belongs to process {self.owner}; a forked child must "
+                "create its own"
+            )
+        if self.broken:
+            raise BrokenProcessPool(self.broken)
+        if self.shutdown_requested:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def make_pieces(self, job: _Job, indices: list[int]) -> list[_Piece]:
+        """Pickle ``job``'s tasks at ``indices``; a task that cannot be pickled fails
+        alone, with an error that names what could not be."""
+        try:
+            return [self._piece(job, indices)]
+        except serialize.TaskPicklingError:
+            pass
+        try:
+            serialize.dumps(job.fn, self.snapshot, f"the function {job.fn!r}")
+        except serialize.TaskPicklingError as error:
+            job.fail_all(error)
+            return []
+        good = []
+        for index in indices:
+            try:
+                self._check_task(job, index)
+                good.append(index)
+            except serialize.TaskPicklingError as error:
+                job.settle(index, (False, error))
+        return [self._piece(job, good)] if good else []
+
+    def _piece(self, job: _Job, indices: list[int]) -> _Piece:
+        kwargs = None if job.kwargs is None else [job.kwargs[i] for i in indices]
+        payload = serialize.dumps((job.fn, [job.args[i] for i in indices], kwargs),
+                                  self.snapshot, "the task")
+        return _Piece(job, indices, payload)
+
+    def _check_task(self, job: _Job, index: int) -> None:
+        args = job.args[index]
+        for position, arg in enumerate(args):
+            serialize.dumps(arg, self.snapshot,
+                            f"argument {position} ({serialize.short_repr(arg)}) of "
+                            f"{_describe_task(job.fn, args)}")
+        if job.kwargs is not None:
+            for name, value in job.kwargs[index].items():
+                serialize.dumps(value, self.snapshot,
+                                f"keyword argument {name}={serialize.short_repr(value)} "
+                                f"of {_describe_task(job.fn, args)}")
+
+    def enqueue(self, pieces: list[_Piece]) -> None:
+        with self.lock:
+            self.check_usable()
+            self.queue.extend(pieces)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="cowmp-executor",
+                                               daemon=True)
+                self.thread.start()
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            self.wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # already awake, or closed
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        with self.lock:
+            self.shutdown_requested = True
+            if cancel_futures:
+                while True:
+                    try:
+                        piece = self.queue.popleft()
+                    except IndexError:
+                        break
+                    piece.job.future.cancel()
+            thread = self.thread
+            if thread is None:
+                self.thread = threading.current_thread()  # nobody else starts one
+        if thread is None:
+            self.stop_workers()
+            return
+        self.wake()
+        if wait and thread is not threading.current_thread():
+            thread.join()
+
+    def close_handles_in_child(self) -> None:
+        for handle in (self.wake_r, self.wake_w, *self.launcher.inherited_handles(),
+                       *(w.conn for w in self.workers.values() if w.conn is not None)):
+            try:
+                handle.close()
+            except OSError:
+                pass
+
+    # -- the manager thread -------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while True:
+                self.dispatch()
+                if self.finished():
+                    break
+                waitables = [self.wake_r, *self.launcher.waitables()]
+                waitables.extend(w.conn for w in self.workers.values() if w.conn)
+                ready = connection.wait(waitables, self.next_wakeup())
+                for obj in ready:
+                    if obj is self.wake_r:
+                        self.drain_wakeups()
+                    elif obj in self.launcher.waitables():
+                        self.launcher_event(obj)
+                    else:
+                        self.worker_message(obj)
+                while self.launcher.has_event():
+                    self.handle_event(self.launcher.read_event())
+                self.check_deadlines()
+        except BaseException as error:  # noqa: BLE001
+            self.break_pool(f"the executor's manager thread failed: {error!r}")
+        finally:
+            self.stop_workers()
+
+    def finished(self) -> bool:
+        if self.broken:
+            return True
+        return self.shutdown_requested and not self.queue and not any(
+            w.inflight for w in self.workers.values()
+        )
+
+    def drain_wakeups(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def spawn(self, slot: int) -> None:
+        self.workers[slot] = _Worker(slot, self.launcher.spawn(slot))
+
+    def dispatch(self) -> None:
+        if self.broken or not self.queue:
+            return
+        for depth in (1, 2):
+            for w in list(self.workers.values()):
+                while self.queue and self.can_take(w, depth):
+                    piece = self.queue.popleft()
+                    if not piece.job.claim():
+                        continue  # cancelled while queued
+                    if depth > 1 and len(piece.payload) > PREFETCH_BYTES:
+                        self.queue.appendleft(piece)
+                        break
+                    try:
+                        w.conn.send_bytes(piece.payload)
+                    except OSError:
+                        self.queue.appendleft(piece)  # it is dying: we hear of it soon
+                        w.retiring = True
+                        break
+                    w.inflight.append(piece)
+                    w.assigned += len(piece.indices)
+
+    def can_take(self, w: _Worker, depth: int) -> bool:
+        if not w.ready or w.conn is None or w.retiring or w.kill_reason:
+            return False
+        if self.max_tasks is not None and w.assigned >= self.max_tasks:
+            return False
+        return len(w.inflight) < depth
+
+    def worker_message(self, conn: Any) -> None:
+        w = next(w for w in self.workers.values() if w.conn is conn)
+        try:
+            message = serialize.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            conn.close()
+            w.conn = None
+            w.eof_at = time.monotonic()
+            if w.exitcode is not None:
+                self.worker_ended(w)
+            return
+        kind = message[0]
+        if kind == "done":
+            _, piece_id, outcomes, seconds, retiring = message
+            piece = w.inflight.popleft()
+            assert piece.id == piece_id, (piece.id, piece_id)
+            piece.job.seconds += seconds
+            for index, outcome in zip(piece.indices, outcomes, strict=True):
+                piece.job.settle(index, outcome)
+            w.retiring = w.retiring or retiring
+        elif kind == "ready":
+            w.ready = True
+            self.startup_failures = 0
+        elif kind == "init_failed":
+            error = message[1]
+            self.break_pool(
+                f"a worker's initializer failed: {serialize.describe(error)}; the "
+                "process pool is not usable anymore", cause=error)
+
+    def launcher_event(self, ready: Any) -> None:
+        try:
+            event = self.launcher.read_event(ready)
+        except (EOFError, OSError):
+            code = self.launcher.poll()
+            self.break_pool(f"the fork server (pid {self.launcher.pid}) died "
+                            f"{describe_exit(code)}; the process pool is not usable "
+                            "anymore")
+            return
+        self.handle_event(event)
+
+    def handle_event(self, event: tuple) -> None:
+        if event[0] == "spawned":
+            _, slot, pid = event
+            w = self.workers.get(slot)
+            if w is not None and w.pid is None:
+                w.pid = pid
+        elif event[0] == "exited":
+            _, pid, exitcode = event
+            for w in list(self.workers.values()):
+                if w.pid == pid:
+                    w.exitcode = exitcode
+                    if w.conn is None:
+                        self.worker_ended(w)
+
+    def worker_ended(self, w: _Worker) -> None:
+        """Both the end of its connection and its exit status are in: settle its work."""
+        if self.workers.get(w.slot) is w:
+            del self.workers[w.slot]
+        expected = w.retiring and not w.inflight and w.exitcode == 0
+        if not expected:
+            self.recover(w)
+        if not w.ready and not self.broken and not self.shutdown_requested:
+            self.startup_failures += 1
+            if self.startup_failures >= STARTUP_FAILURES:
+                self.break_pool(f"{self.startup_failures} workers in a row died before "
+                                f"they were ready, the last {describe_exit(w.exitcode)}")
+        if not self.broken and not (self.shutdown_requested and not self.queue):
+            try:
+                self.spawn(w.slot)
+            except OSError as error:
+                self.break_pool(f"cannot start a replacement worker: {error}")
+
+    def read_slot(self, slot: int) -> tuple[int, int, float] | None:
+        base = slot * worker.SLOT_FIELDS
+        p = self.progress
+        piece_id, index, started = p[base], p[base + 1], p[base + 2]
+        if p[base] != piece_id or p[base + 1] != index:
+            return None  # being written: read again later
+        return int(piece_id), int(index), started
+
+    def recover(self, w: _Worker) -> None:
+        """A worker died: its running task fails, the rest of its work is requeued."""
+        requeue: list[_Piece] = []
+        slot = self.read_slot(w.slot)
+        for position, piece in enumerate(w.inflight):
+            culprit = None
+            if position == 0 and slot is not None and slot[0] == piece.id:
+                culprit = slot[1] if slot[1] < len(piece.indices) else None
+            elif position == 0 and w.ready:
+                piece.strikes += 1  # died before its first task: reading it?
+                if piece.strikes >= 2:
+                    culprit = 0
+            if culprit is None:
+                requeue.append(piece)
+                continue
+            index = piece.indices[culprit]
+            piece.job.settle(index, (False, self.death_error(w, piece, culprit)))
+            rest = piece.indices[:culprit] + piece.indices[culprit + 1:]
+            if rest:
+                requeue.extend(self.make_pieces(piece.job, rest))
+        w.inflight.clear()
+        self.queue.extendleft(reversed(requeue))
+
+    def death_error(self, w: _Worker, piece: _Piece, culprit: int) -> BaseException:
+        job = piece.job
+        task = _describe_task(job.fn, job.args[piece.indices[culprit]])
+        if w.kill_reason is not None and w.kill_reason[:2] == (piece.id, culprit):
+            return TimeoutError(
+                f"task {task} ran past its timeout of {w.kill_reason[2]:g} s; its worker "
+                f"(pid {w.pid}) was stopped and replaced")
+        return WorkerDiedError(
+            f"the worker (pid {w.pid}) running task {task} died "
+            f"{describe_exit(w.exitcode)}; the executor replaced it", w.pid, w.exitcode)
+
+    def next_wakeup(self) -> float | None:
+        deadlines = []
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.conn is None and w.exitcode is None and w.eof_at is not None:
+                deadlines.append(w.eof_at + STATUS_WAIT)
+            deadline = self.deadline(w)
+            if deadline is not None:
+                deadlines.append(deadline)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    def deadline(self, w: _Worker) -> float | None:
+        if not w.inflight or w.kill_reason or w.pid is None:
+            return None
+        piece = w.inflight[0]
+        if piece.job.timeout is None:
+            return None
+        slot = self.read_slot(w.slot)
+        if slot is None:
+            return time.monotonic() + 0.01
+        piece_id, index, started = slot
+        if piece_id != piece.id or index >= len(piece.indices):
+            return time.monotonic() + min(0.05, piece.job.timeout)  # not started yet
+        return started + piece.job.timeout
+
+    def check_deadlines(self) -> None:
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.conn is None and w.exitcode is None and w.eof_at is not None:
+                if now >= w.eof_at + STATUS_WAIT:
+                    self.worker_ended(w)  # its status never came
+                continue
+            deadline = self.deadline(w)
+            if deadline is None or now < deadline:
+                continue
+            slot = self.read_slot(w.slot)
+            if slot is None or slot[0] != w.inflight[0].id:
+                continue
+            w.kill_reason = (slot[0], slot[1], w.inflight[0].job.timeout)
+            self.launcher.kill(w.pid)
+
+    def break_pool(self, message: str, cause: BaseException | None = None) -> None:
+        if self.broken:
+            return
+        self.broken = message
+        error = BrokenProcessPool(message)
+        if cause is not None:
+            error.__cause__ = cause
+        pieces = list(self.queue)
+        self.queue.clear()
+        for w in self.workers.values():
+            pieces.extend(w.inflight)
+            w.inflight.clear()
+        for piece in pieces:
+            for index in piece.indices:
+                piece.job.settle(index, (False, error))
+
+    def stop_workers(self) -> None:
+        """Close every worker's connection (they leave), stop and reap the launcher."""
+        if self.queue and not self.broken:
+            self.break_pool("the executor stopped with work still queued")
+        for w in self.workers.values():
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+        try:
+            self.launcher.stop()
+        finally:
+            for handle in (self.wake_r, self.wake_w):
+                handle.close()
+            _live_pools.discard(self)
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)() or 1
+    return min(count, 61) if sys.platform == "win32" else count
+
+
+def _check_timeout(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+class CowProcessPoolExecutor(Executor):
+    """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers share the parent's
+    memory (module docstring).
+
+    ``max_workers`` (default: the CPUs this process may use), ``mp_context`` (default:
+    cowmp's ``"cowfork"``; a context that does not fork starts its workers as its own
+    processes), ``initializer(*initargs)`` run in every worker, replacements included.
+    ``max_tasks_per_child``: a worker is replaced after running that many tasks (a map
+    chunk counts its tasks).  ``task_timeout``: seconds a task may run; past it, its
+    worker is killed and replaced and its future fails with :class:`TimeoutError`.
+    """
+
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., object] | None = None, initargs: tuple = (),
+                 *, max_tasks_per_child: int | None = None,
+                 task_timeout: float | None = None) -> None:
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(
+                max_tasks_per_child, int
+            ):
+                raise TypeError("max_tasks_per_child must be an int")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if mp_context is None:
+            mp_context = cowfork_context
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._pool = _Pool(max_workers, mp_context, initializer, tuple(initargs),
+                           max_tasks_per_child, _check_timeout(task_timeout, "task_timeout"))
+        weakref.finalize(self, _Pool.shutdown, self._pool, False, False)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; return its Future (as the standard one)."""
+        return self.schedule(fn, args, kwargs, timeout=self._pool.task_timeout)
+
+    def schedule(self, fn: Callable[..., Any], args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None, *,
+                 timeout: float | None = None) -> Future:
+        """``submit`` with a per-task ``timeout`` in seconds (the executor's
+        ``task_timeout`` when omitted)."""
+        timeout = _check_timeout(timeout, "timeout")
+        if timeout is None:
+            timeout = self._pool.task_timeout
+        pool = self._pool
+        pool.check_usable()
+        future: Future = Future()
+        job = _Job(future, fn, [tuple(args)], [dict(kwargs)] if kwargs else None,
+                   single=True, timeout=timeout)
+        pieces = pool.make_pieces(job, [0])
+        if pieces:
+            pool.enqueue(pieces)
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int | None = None,
+            buffersize: int | None = None, progress: Any = False,
+            task_timeout: float | None = None) -> Iterator[Any]:
+        """``fn`` over the iterables, results in order, lazily.
+
+        ``chunksize``: tasks per message to a worker; by default chosen from the measured
+        time per task (pieces of about 50 ms, at most a quarter of each worker's share).
+        Input is read ahead of the results by at most ``buffersize`` tasks (default: a
+        few chunks per worker), so infinite iterables work.  ``timeout`` bounds the wait
+        for each result from the call (as the standard map); ``task_timeout`` bounds each
+        task's run.  ``progress=True`` shows a progress bar (tqdm if installed).
+        """
+        if chunksize is not None and (isinstance(chunksize, bool) or chunksize < 1):
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and (isinstance(buffersize, bool) or buffersize < 1):
+            raise ValueError("buffersize must be None or > 0.")
+        task_timeout = _check_timeout(task_timeout, "task_timeout")
+        if task_timeout is None:
+            task_timeout = self._pool.task_timeout
+        self._pool.check_usable()
+        end_time = None if timeout is None else timeout + time.monotonic()
+        run = _MapRun(self._pool, fn, iterables, chunksize, buffersize, task_timeout,
+                      progress)
+        run.fill()
+        return run.results(end_time)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As the standard executor's: no new tasks; ``cancel_futures`` cancels those not
+        started; ``wait`` waits for the rest, then for the workers to leave."""
+        self._pool.shutdown(wait, cancel_futures)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return [w.pid for w in list(self._pool.workers.values()) if w.pid is not None]
+
+    @property
+    def fork_server_pid(self) -> int | None:
+        """The fork server's process id (None where workers are not forked)."""
+        return self._pool.launcher.pid
+
+
+def _length(iterables: tuple) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class _MapRun:
+    """One ``map()``: reads the input in chunks as the results are consumed."""
+
+    def __init__(self, pool: _Pool, fn: Any, iterables: tuple, chunksize: int | None,
+                 buffersize: int | None, timeout: float | None, progress: Any) -> None:
+        self.pool = pool
+        self.fn = fn
+        self.total = _length(iterables)
+        self.remaining = self.total
+        self.args = zip(*iterables, strict=False)
+        self.chunksize = chunksize
+        self.timeout = timeout
+        self.buffersize = buffersize
+        self.exhausted = False
+        self.chunks: collections.deque[Future] = collections.deque()
+        self.buffered = 0
+        self.per_task: float | None = None
+        self.ramp = 1
+        self.bar = make_bar(self.total, progress) if progress else None
+
+    def next_size(self) -> int:
+        if self.chunksize is not None:
+            size = self.chunksize
+        elif self.per_task is not None:
+            size = int(CHUNK_SECONDS / max(self.per_task, 1e-7))
+        elif self.total is not None:
+            size = self.total // (self.pool.max_workers * 32)
+        else:
+            size, self.ramp = self.ramp, self.ramp * 2
+        if self.chunksize is None and self.remaining is not None:
+            size = min(size, self.remaining // (self.pool.max_workers * 4))
+        if self.chunksize is None and self.pool.max_tasks is not None:
+            size = min(size, self.pool.max_tasks)
+        return max(1, size)
+
+    def window(self) -> int:
+        if self.buffersize is not None:
+            return self.buffersize
+        return 1 << 62  # bounded by the number of chunks below
+
+    def fill(self) -> None:
+        pieces = []
+        max_chunks = 2 * self.pool.max_workers + 2
+        while not self.exhausted and len(self.chunks) < max_chunks and (
+            self.buffered < self.window()
+        ):
+            size = self.next_size()
+            if self.buffersize is not None:
+                size = min(size, self.buffersize - self.buffered)
+            args = list(itertools.islice(self.args, size))
+            if not args:
+                self.exhausted = True
+                break
+            if self.remaining is not None:
+                self.remaining -= len(args)
+            future: Future = Future()
+            job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout)
+            if self.bar is not None:
+                future.add_done_callback(self._advance)
+            self.chunks.append(future)
+            self.buffered += len(args)
+            pieces.extend(self.pool.make_pieces(job, list(range(len(args)))))
+        if pieces:
+            self.pool.enqueue(pieces)
+
+    def _advance(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.bar.update(len(future.result()[0]))
+
+    def results(self, end_time: float | None) -> Iterator[Any]:
+        try:
+            while self.chunks:
+                future = self.chunks[0]
+                remaining = None if end_time is None else end_time - time.monotonic()
+                outcomes, seconds = future.result(remaining)
+                self.chunks.popleft()
+                self.buffered -= len(outcomes)
+                if seconds > 0:
+                    per_task = seconds / len(outcomes)
+                    self.per_task = per_task if self.per_task is None else (
+                        0.5 * self.per_task + 0.5 * per_task)
+                self.fill()
+                for ok, value in outcomes:
+                    if not ok:
+                        raise value
+                    yield value
+                del outcomes
+        finally:
+            for future in self.chunks:
+                future.cancel()
+            if self.bar is not None:
+                self.bar.close()

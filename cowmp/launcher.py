@@ -1,0 +1,87 @@
+"""Workers started as processes of a context, where no fork server can be used.
+
+The executor's launcher when fork is missing (the fallback: loky's spawned processes),
+or when the executor is given a context that does not fork (``spawn``, ``forkserver``).
+Same interface as :class:`cowmp.zygote.ForkServer`: ``spawn(slot)`` returns the parent's
+end of the worker's connection, and events ``("spawned", slot, pid)`` and
+``("exited", pid, exit_code)`` are read when one of :meth:`waitables` is ready.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import worker
+
+__all__ = ["ProcessLauncher"]
+
+
+def _worker_entry(conn: Any, slot: int, progress: Any, parent: int, initializer: Any,
+                  initargs: tuple, max_tasks: int | None) -> None:
+    worker.run_worker(conn, slot, progress, parent, initializer, initargs, max_tasks,
+                      pdeathsig=False)
+
+
+class ProcessLauncher:
+    def __init__(self, ctx: Any, progress: Any, initializer: Any, initargs: tuple,
+                 max_tasks: int | None) -> None:
+        self.ctx = ctx
+        self.progress = progress
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.processes: dict[int, Any] = {}  # sentinel -> process
+        self.pending: collections.deque[tuple] = collections.deque()
+        self.pid = None
+
+    def spawn(self, slot: int) -> Connection:
+        ours, theirs = self.ctx.Pipe()
+        process = self.ctx.Process(
+            target=_worker_entry,
+            args=(theirs, slot, self.progress, os.getpid(), self.initializer,
+                  self.initargs, self.max_tasks),
+            daemon=True,
+            name=f"CowPoolWorker-{slot}",
+        )
+        try:
+            process.start()
+        finally:
+            theirs.close()
+        self.processes[process.sentinel] = process
+        self.pending.append(("spawned", slot, process.pid))
+        return ours
+
+    def kill(self, pid: int) -> None:
+        for process in self.processes.values():
+            if process.pid == pid:
+                process.kill()
+
+    def has_event(self) -> bool:
+        return bool(self.pending)
+
+    def read_event(self, ready: Any = None) -> tuple:
+        if self.pending:
+            return self.pending.popleft()
+        process = self.processes.pop(ready)
+        process.join()
+        return ("exited", process.pid, process.exitcode)
+
+    def waitables(self) -> list:
+        return list(self.processes)
+
+    def inherited_handles(self) -> list:
+        return []
+
+    def stop(self, timeout: float = 7.0) -> None:
+        for process in list(self.processes.values()):
+            process.join(timeout)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        self.processes.clear()
+
+    def poll(self) -> int | None:
+        return None

@@ -1,0 +1,246 @@
+"""The fork server: where an executor's workers are forked (DESIGN §2.6).
+
+Forked once from the parent when the executor is created (the snapshot), it holds the
+parent's heap, frozen, and runs no thread.  On the parent's request it forks a worker
+(through :func:`cowmp.forking.protocol_fork`, the one place cowmp forks), hands it the
+connection the parent made for it, reaps it when it ends and reports its exit status.
+Workers can thus be replaced at any time (crash, timeout, ``max_tasks_per_child``)
+without forking from the parent, whose executor runs a thread, and still share the
+snapshot.
+
+Commands (parent -> server, on a stream socket; a worker's socket travels with SPAWN as
+``SCM_RIGHTS``): :data:`SPAWN` slot, :data:`KILL` pid, :data:`STOP`.  Events (server ->
+parent, on a pipe): ``("spawned", slot, pid)``, ``("exited", pid, exit_code)`` where
+exit_code is ``-signum`` for a signal death, as in multiprocessing.
+
+If the parent dies, the server kills its workers and exits (it notices the closed socket
+or, within 0.25 s, its new parent process id); each worker dies with the server (Linux:
+``PR_SET_PDEATHSIG``; elsewhere a watchdog thread in the worker).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from multiprocessing.connection import Connection, Pipe
+from typing import Any
+
+from . import exiting, forking, worker
+
+__all__ = ["ForkServer"]
+
+SPAWN, KILL, STOP = 1, 2, 3
+_COMMAND = struct.Struct("!iq")
+#: seconds the server gives its workers to leave after STOP before killing them
+STOP_GRACE = 5.0
+
+
+class ForkServer:
+    """The parent's handle on a fork server."""
+
+    def __init__(self, progress: Any, initializer: Any, initargs: tuple,
+                 max_tasks: int | None) -> None:
+        commands, server_commands = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        events, server_events = Pipe(duplex=False)
+        parent = os.getpid()
+        try:
+            pid = forking.protocol_fork(bare=True, stacklevel=5)
+        except BaseException:
+            for end in (commands, server_commands, events, server_events):
+                end.close()
+            raise
+        if pid == 0:  # the server
+            code = 1
+            try:
+                commands.close()
+                events.close()
+                _Server(server_commands, server_events, parent, progress, initializer,
+                        initargs, max_tasks).serve()
+                code = 0
+            except BaseException:  # noqa: BLE001
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                exiting.leave(code)
+        server_commands.close()
+        server_events.close()
+        self.pid = pid
+        self.commands = commands
+        self.events = events
+        self.exitcode: int | None = None
+
+    def spawn(self, slot: int) -> Connection:
+        """Ask for a worker in ``slot``; return the parent's end of its connection."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(self.commands, [_COMMAND.pack(SPAWN, slot)], [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return Connection(ours.detach())
+
+    def kill(self, pid: int) -> None:
+        self.commands.sendall(_COMMAND.pack(KILL, pid))
+
+    def has_event(self) -> bool:
+        return False
+
+    def read_event(self, ready: Any = None) -> tuple:
+        return self.events.recv()
+
+    def waitables(self) -> list:
+        return [self.events]
+
+    def inherited_handles(self) -> list:
+        return [self.commands, self.events]
+
+    def stop(self, timeout: float = STOP_GRACE + 2) -> None:
+        """Let the server end (its workers leave on their own), reap it."""
+        try:
+            self.commands.sendall(_COMMAND.pack(STOP, 0))
+        except OSError:
+            pass
+        deadline = time.monotonic() + timeout
+        while self.exitcode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exitcode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                deadline = float("inf")
+            time.sleep(0.01)
+        self.commands.close()
+        self.events.close()
+
+    def poll(self) -> int | None:
+        if self.exitcode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exitcode = os.waitstatus_to_exitcode(status)
+        return self.exitcode
+
+
+class _Server:
+    """The server's side: a single-threaded loop."""
+
+    def __init__(self, commands: socket.socket, events: Connection, parent: int,
+                 progress: Any, initializer: Any, initargs: tuple,
+                 max_tasks: int | None) -> None:
+        self.commands = commands
+        self.events = events
+        self.parent = parent
+        self.progress = progress
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.buffer = b""
+        self.fds: list[int] = []
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w)
+        self.wake = (wake_r, wake_w)
+        stopping: float | None = None
+        try:
+            while True:
+                ready, _, _ = select.select([self.commands, wake_r], [], [], 0.25)
+                if wake_r in ready:
+                    os.read(wake_r, 4096)
+                self.reap()
+                if os.getppid() != self.parent:
+                    return  # the parent died
+                if self.commands in ready and not self.read_commands():
+                    return  # the parent closed its end: it died or gave up on us
+                if self.stop_requested and stopping is None:
+                    stopping = time.monotonic() + STOP_GRACE
+                if stopping is not None:
+                    if not self.children:
+                        return
+                    if time.monotonic() > stopping:
+                        self.kill_all()
+        finally:
+            self.kill_all()
+            while self.children:
+                self.reap(block=True)
+
+    stop_requested = False
+
+    def read_commands(self) -> bool:
+        data, fds, _, _ = socket.recv_fds(self.commands, 4096, 64)
+        self.fds.extend(fds)
+        if not data:
+            return False
+        self.buffer += data
+        while len(self.buffer) >= _COMMAND.size:
+            op, arg = _COMMAND.unpack_from(self.buffer)
+            self.buffer = self.buffer[_COMMAND.size:]
+            if op == SPAWN:
+                self.spawn(arg, self.fds.pop(0))
+            elif op == KILL:
+                if arg in self.children:
+                    os.kill(arg, signal.SIGKILL)
+            elif op == STOP:
+                self.stop_requested = True
+        return True
+
+    def spawn(self, slot: int, fd: int) -> None:
+        pid = forking.protocol_fork(bare=True, stacklevel=3)
+        if pid == 0:  # the worker
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for handle in (*self.wake, *self.fds):
+                    os.close(handle)
+                self.commands.close()
+                self.events.close()
+                conn = Connection(fd)
+            except BaseException:  # noqa: BLE001
+                exiting.leave(1)
+            worker.run_worker(conn, slot, self.progress, self.parent_of_worker(),
+                              self.initializer, self.initargs, self.max_tasks)
+        os.close(fd)
+        self.children[pid] = slot
+        self.send(("spawned", slot, pid))
+
+    @staticmethod
+    def parent_of_worker() -> int:
+        return os.getppid()  # called in the worker: its parent is this server
+
+    def send(self, event: tuple) -> None:
+        try:
+            self.events.send(event)
+        except OSError:
+            pass  # the parent is gone; the loop notices
+
+    def reap(self, block: bool = False) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if not pid:
+                return
+            if self.children.pop(pid, None) is not None:
+                self.send(("exited", pid, os.waitstatus_to_exitcode(status)))
+            if block:
+                return
+
+    def kill_all(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
