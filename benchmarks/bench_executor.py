@@ -73,11 +73,7 @@ def start(library: str, workers: int):
         if library == "cowmp":
             import cowmp
 
-            if os.environ.get("BENCH_STANDIN"):  # STANDIN
-                from concurrent.futures import ProcessPoolExecutor  # STANDIN
-                ex = ProcessPoolExecutor(max_workers=workers, mp_context=cowmp.get_context())  # STANDIN
-            else:  # STANDIN
-                ex = cowmp.CowProcessPoolExecutor(max_workers=workers)
+            ex = cowmp.CowProcessPoolExecutor(max_workers=workers)
         elif library == "futures":
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -162,7 +158,7 @@ def check_cowmp() -> str:
         import cowmp
     except ImportError as error:
         sys.exit(f"FAILED: cannot import cowmp: {error}")
-    if not hasattr(cowmp, "CowProcessPoolExecutor") and not os.environ.get("BENCH_STANDIN"):  # STANDIN
+    if not hasattr(cowmp, "CowProcessPoolExecutor"):
         sys.exit(f"FAILED: cowmp.CowProcessPoolExecutor does not exist (cowmp imported from "
                  f"{os.path.dirname(cowmp.__file__)}); leave 'cowmp' out with --only to "
                  f"measure the peers alone")

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import worker
+from . import serialize, worker
 
 __all__ = ["ProcessLauncher"]
 
 
-def _worker_entry(conn: Any, slot: int, progress: Any, parent: int, initializer: Any,
-                  initargs: tuple, max_tasks: int | None) -> None:
+def _worker_entry(conn: Any, slot: int, progress: Any, parent: int, setup: bytes,
+                  max_tasks: int | None) -> None:
+    # the initializer goes through cowmp's pickler, so that a function of the main
+    # script is the re-imported module's own (its globals are those the tasks see)
+    initializer, initargs = serialize.loads(setup)
     worker.run_worker(conn, slot, progress, parent, initializer, initargs, max_tasks,
                       pdeathsig=False)
 
@@ -30,8 +34,9 @@ class ProcessLauncher:
                  max_tasks: int | None) -> None:
         self.ctx = ctx
         self.progress = progress
-        self.initializer = initializer
-        self.initargs = initargs
+        self.setup = serialize.dumps((initializer, initargs),
+                                     serialize.Snapshot.take(by_reference=False),
+                                     "the initializer and its arguments")
         self.max_tasks = max_tasks
         self.processes: dict[int, Any] = {}  # sentinel -> process
         self.pending: collections.deque[tuple] = collections.deque()
@@ -41,8 +46,7 @@ class ProcessLauncher:
         ours, theirs = self.ctx.Pipe()
         process = self.ctx.Process(
             target=_worker_entry,
-            args=(theirs, slot, self.progress, os.getpid(), self.initializer,
-                  self.initargs, self.max_tasks),
+            args=(theirs, slot, self.progress, os.getpid(), self.setup, self.max_tasks),
             daemon=True,
             name=f"CowPoolWorker-{slot}",
         )
@@ -56,8 +60,11 @@ class ProcessLauncher:
 
     def kill(self, pid: int) -> None:
         for process in self.processes.values():
-            if process.pid == pid:
-                process.kill()
+            if process.pid == pid and process.exitcode is None:
+                if hasattr(signal, "SIGKILL"):
+                    os.kill(pid, signal.SIGKILL)
+                else:  # pragma: no cover - Windows
+                    process.terminate()
 
     def has_event(self) -> bool:
         return bool(self.pending)
@@ -79,7 +86,7 @@ class ProcessLauncher:
         for process in list(self.processes.values()):
             process.join(timeout)
             if process.exitcode is None:
-                process.kill()
+                self.kill(process.pid)
                 process.join()
         self.processes.clear()
 

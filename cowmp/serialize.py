@@ -32,22 +32,37 @@ class TaskPicklingError(pickle.PicklingError):
 
 
 class Snapshot:
-    """What a fork server inherited: shared objects and ``__main__``'s namespace."""
+    """What a fork server inherited: shared objects and ``__main__``'s namespace.
 
-    def __init__(self, shared: dict[int, object], main: dict[str, object]) -> None:
+    Spawned workers inherit nothing but import the main script again, as
+    multiprocessing's spawn does (``main_by_name``): a function or class of ``__main__``
+    is then sent by name with its pickle by value beside it, used if the worker's
+    ``__main__`` lacks it (defined under ``if __name__ == "__main__":``, or interactively).
+    """
+
+    def __init__(self, shared: dict[int, object], main: dict[str, object],
+                 main_by_name: bool = False) -> None:
         self.shared = shared
         self.main = main
+        self.main_by_name = main_by_name
 
     @classmethod
     def take(cls, by_reference: bool) -> Snapshot:
-        if not by_reference:  # spawned workers inherit nothing
-            return cls({}, {})
+        if not by_reference:
+            return cls({}, {}, main_by_name=True)
         main = sys.modules.get("__main__")
         return cls(sharing.shared_objects(), dict(vars(main)) if main else {})
 
 
 def _main_attribute(name: str) -> Any:
     return getattr(sys.modules["__main__"], name)
+
+
+def _main_attribute_or_value(name: str, qualname: str, by_value: bytes) -> Any:
+    found = getattr(sys.modules.get("__main__"), name, None)
+    if found is not None and getattr(found, "__qualname__", None) == qualname:
+        return found
+    return cloudpickle.loads(by_value)
 
 
 def _persistent_id(snapshot: Snapshot, obj: object) -> int | None:
@@ -83,6 +98,10 @@ class _CloudPickler(cloudpickle.Pickler):
             name = getattr(obj, "__name__", None)
             if name is not None and self._snapshot.main.get(name) is obj:
                 return _main_attribute, (name,)
+            main = sys.modules.get("__main__")
+            if self._snapshot.main_by_name and getattr(main, name, None) is obj:
+                return _main_attribute_or_value, (
+                    name, obj.__qualname__, cloudpickle.dumps(obj, PROTOCOL))
         return super().reducer_override(obj)
 
 
