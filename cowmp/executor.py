@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -42,6 +43,10 @@ __all__ = ["CowProcessPoolExecutor", "WorkerDiedError"]
 PREFETCH_BYTES = 64 * 1024
 #: automatic chunking aims at pieces that take about this long in a worker
 CHUNK_SECONDS = 0.05
+#: ... and pieces shorter than this only when the input runs out
+MIN_CHUNK_SECONDS = 0.005
+#: tasks read ahead of the results by map, at least (a few chunks per worker otherwise)
+READ_AHEAD_TASKS = 4096
 #: workers that die before they are ready, in a row, before the pool is declared broken
 STARTUP_FAILURES = 3
 #: seconds to wait for a dead worker's exit status before reporting it unknown
@@ -83,23 +88,31 @@ def _describe_task(fn: Any, args: tuple) -> str:
 
 class _Job:
     """One ``submit()`` (``single``: its future gets the value) or one map chunk (its
-    future gets ``(outcomes, seconds)``)."""
+    future gets ``(values, errors, seconds)``, errors mapping an index to its exception)."""
 
-    __slots__ = ("args", "claimed", "fn", "future", "kwargs", "missing", "outcomes",
-                 "seconds", "single", "timeout")
+    __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
+                 "missing", "seconds", "single", "star", "timeout", "values")
 
     def __init__(self, future: Future, fn: Any, args: list, kwargs: list | None,
-                 single: bool, timeout: float | None) -> None:
+                 single: bool, timeout: float | None, star: bool = True,
+                 fn_payload: bytes | None = None) -> None:
         self.future = future
         self.fn = fn
-        self.args = args
+        self.fn_payload = fn_payload
+        self.args = args  # argument tuples, or single arguments if not star
         self.kwargs = kwargs
         self.single = single
+        self.star = star
         self.timeout = timeout
-        self.outcomes: list = [None] * len(args)
+        self.values: list = [None] * len(args)
+        self.errors: dict[int, BaseException] = {}
         self.missing = len(args)
         self.seconds = 0.0
         self.claimed = False
+
+    def task_args(self, index: int) -> tuple:
+        args = self.args[index]
+        return args if self.star else (args,)
 
     def claim(self) -> bool:
         """Mark the future running when its first piece is sent; False if cancelled."""
@@ -108,29 +121,43 @@ class _Job:
         self.claimed = True
         return self.future.set_running_or_notify_cancel()
 
-    def settle(self, index: int, outcome: tuple) -> None:
-        if self.outcomes[index] is not None:
-            return
-        self.outcomes[index] = outcome
+    def settle_piece(self, indices: Any, values: list, errors: dict, seconds: float) -> None:
+        """The outcomes of the tasks at ``indices`` (errors by position in the piece)."""
+        self.seconds += seconds
+        if self.missing == len(self.values) == len(values):
+            self.values = values  # the whole job in one piece: no copy
+        else:
+            for index, value in zip(indices, values, strict=True):
+                self.values[index] = value
+        for position, error in errors.items():
+            self.errors[indices[position]] = error
+        self.missing -= len(indices)
+        if not self.missing:
+            self.finish()
+
+    def fail(self, index: int, error: BaseException) -> None:
+        self.errors[index] = error
         self.missing -= 1
-        if self.missing or self.future.done():
+        if not self.missing:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.future.done():
             return
         if not self.claimed:
             self.claim()
         if self.single:
-            ok, value = self.outcomes[0]
-            if ok:
-                self.future.set_result(value)
+            if self.errors:
+                self.future.set_exception(self.errors[0])
             else:
-                self.future.set_exception(value)
+                self.future.set_result(self.values[0])
         else:
-            self.future.set_result((self.outcomes, self.seconds))
-        self.fn = self.args = self.kwargs = None
+            self.future.set_result((self.values, self.errors, self.seconds))
+        self.fn = self.args = self.kwargs = self.fn_payload = None
 
-    def fail_all(self, error: BaseException) -> None:
-        for index, outcome in enumerate(self.outcomes):
-            if outcome is None:
-                self.settle(index, (False, error))
+    def fail_all(self, indices: Any, error: BaseException) -> None:
+        for index in indices:
+            self.fail(index, error)
 
 
 class _Piece:
@@ -143,7 +170,11 @@ class _Piece:
         self.id = next(self._ids)
         self.job = job
         self.indices = indices
-        self.payload = worker.HEADER.pack(self.id, len(indices)) + payload
+        flags = (worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
+        function = job.fn_payload
+        self.payload = b"".join((
+            worker.HEADER.pack(self.id, len(indices), flags, len(function)), function,
+            payload))
         self.strikes = 0
 
 
@@ -194,6 +225,32 @@ else:  # pragma: no cover
     atexit.register(_python_exit)
 
 
+class _Waiter:
+    """``multiprocessing.connection.wait`` with a persistent selector where there is one
+    (POSIX): registrations change only when the set of connections does."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector() if os.name == "posix" else None
+        self.registered: dict[Any, int] = {}
+
+    def wait(self, objects: list, timeout: float | None) -> list:
+        if self.selector is None:  # pragma: no cover - Windows
+            return connection.wait(objects, timeout)
+        wanted = set(objects)
+        for obj in [o for o in self.registered if o not in wanted]:
+            self.selector.unregister(self.registered.pop(obj))
+        for obj in objects:
+            if obj not in self.registered:
+                fd = obj if isinstance(obj, int) else obj.fileno()
+                self.selector.register(fd, selectors.EVENT_READ, obj)
+                self.registered[obj] = fd
+        return [key.data for key, _ in self.selector.select(timeout)]
+
+    def close(self) -> None:
+        if self.selector is not None:
+            self.selector.close()
+
+
 class _Pool:
     """The executor's state and its manager thread (kept apart from the facade, so that
     a forgotten executor can be collected and shut down)."""
@@ -211,6 +268,7 @@ class _Pool:
         self.thread: threading.Thread | None = None
         self.workers: dict[int, _Worker] = {}
         self.startup_failures = 0
+        self.waiter = _Waiter()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -249,35 +307,40 @@ class _Pool:
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def make_pieces(self, job: _Job, indices: list[int]) -> list[_Piece]:
+    def pickle_function(self, fn: Any) -> bytes:
+        return serialize.dumps(fn, self.snapshot, f"the function {serialize.short_repr(fn)}")
+
+    def make_pieces(self, job: _Job, indices: Any) -> list[_Piece]:
         """Pickle ``job``'s tasks at ``indices``; a task that cannot be pickled fails
         alone, with an error that names what could not be."""
+        if job.fn_payload is None:
+            try:
+                job.fn_payload = self.pickle_function(job.fn)
+            except serialize.TaskPicklingError as error:
+                job.fail_all(indices, error)
+                return []
         try:
             return [self._piece(job, indices)]
         except serialize.TaskPicklingError:
             pass
-        try:
-            serialize.dumps(job.fn, self.snapshot, f"the function {job.fn!r}")
-        except serialize.TaskPicklingError as error:
-            job.fail_all(error)
-            return []
         good = []
         for index in indices:
             try:
                 self._check_task(job, index)
                 good.append(index)
             except serialize.TaskPicklingError as error:
-                job.settle(index, (False, error))
+                job.fail(index, error)
         return [self._piece(job, good)] if good else []
 
-    def _piece(self, job: _Job, indices: list[int]) -> _Piece:
+    def _piece(self, job: _Job, indices: Any) -> _Piece:
         kwargs = None if job.kwargs is None else [job.kwargs[i] for i in indices]
-        payload = serialize.dumps((job.fn, [job.args[i] for i in indices], kwargs),
-                                  self.snapshot, "the task")
+        args = job.args if len(indices) == len(job.args) else [job.args[i] for i in indices]
+        shared = serialize.holds_shared(self.snapshot, args, job.star, kwargs)
+        payload = serialize.dumps((args, kwargs), self.snapshot, "the task", shared=shared)
         return _Piece(job, indices, payload)
 
     def _check_task(self, job: _Job, index: int) -> None:
-        args = job.args[index]
+        args = job.task_args(index)
         for position, arg in enumerate(args):
             serialize.dumps(arg, self.snapshot,
                             f"argument {position} ({serialize.short_repr(arg)}) of "
@@ -342,7 +405,7 @@ class _Pool:
                     break
                 waitables = [self.wake_r, *self.launcher.waitables()]
                 waitables.extend(w.conn for w in self.workers.values() if w.conn)
-                ready = connection.wait(waitables, self.next_wakeup())
+                ready = self.waiter.wait(waitables, self.next_wakeup())
                 for obj in ready:
                     if obj is self.wake_r:
                         self.drain_wakeups()
@@ -416,12 +479,10 @@ class _Pool:
             return
         kind = message[0]
         if kind == "done":
-            _, piece_id, outcomes, seconds, retiring = message
+            _, piece_id, values, errors, seconds, retiring = message
             piece = w.inflight.popleft()
             assert piece.id == piece_id, (piece.id, piece_id)
-            piece.job.seconds += seconds
-            for index, outcome in zip(piece.indices, outcomes, strict=True):
-                piece.job.settle(index, outcome)
+            piece.job.settle_piece(piece.indices, values, errors, seconds)
             w.retiring = w.retiring or retiring
         elif kind == "ready":
             w.ready = True
@@ -499,8 +560,8 @@ class _Pool:
                 requeue.append(piece)
                 continue
             index = piece.indices[culprit]
-            piece.job.settle(index, (False, self.death_error(w, piece, culprit)))
-            rest = piece.indices[:culprit] + piece.indices[culprit + 1:]
+            piece.job.fail(index, self.death_error(w, piece, culprit))
+            rest = [*piece.indices[:culprit], *piece.indices[culprit + 1:]]
             if rest:
                 requeue.extend(self.make_pieces(piece.job, rest))
         w.inflight.clear()
@@ -508,7 +569,7 @@ class _Pool:
 
     def death_error(self, w: _Worker, piece: _Piece, culprit: int) -> BaseException:
         job = piece.job
-        task = _describe_task(job.fn, job.args[piece.indices[culprit]])
+        task = _describe_task(job.fn, job.task_args(piece.indices[culprit]))
         if w.kill_reason is not None and w.kill_reason[:2] == (piece.id, culprit):
             return TimeoutError(
                 f"task {task} ran past its timeout of {w.kill_reason[2]:g} s; its worker "
@@ -573,8 +634,7 @@ class _Pool:
             pieces.extend(w.inflight)
             w.inflight.clear()
         for piece in pieces:
-            for index in piece.indices:
-                piece.job.settle(index, (False, error))
+            piece.job.fail_all(piece.indices, error)
 
     def stop_workers(self) -> None:
         """Close every worker's connection (they leave), stop and reap the launcher."""
@@ -589,6 +649,7 @@ class _Pool:
         finally:
             for handle in (self.wake_r, self.wake_w):
                 handle.close()
+            self.waiter.close()
             _live_pools.discard(self)
 
 
@@ -661,7 +722,7 @@ class CowProcessPoolExecutor(Executor):
         future: Future = Future()
         job = _Job(future, fn, [tuple(args)], [dict(kwargs)] if kwargs else None,
                    single=True, timeout=timeout)
-        pieces = pool.make_pieces(job, [0])
+        pieces = pool.make_pieces(job, range(1))
         if pieces:
             pool.enqueue(pieces)
         return future
@@ -725,7 +786,8 @@ class _MapRun:
         self.fn = fn
         self.total = _length(iterables)
         self.remaining = self.total
-        self.args = zip(*iterables, strict=False)
+        self.star = len(iterables) != 1
+        self.args = zip(*iterables, strict=False) if self.star else iter(iterables[0])
         self.chunksize = chunksize
         self.timeout = timeout
         self.buffersize = buffersize
@@ -734,20 +796,26 @@ class _MapRun:
         self.buffered = 0
         self.per_task: float | None = None
         self.ramp = 1
+        self.fn_payload = pool.pickle_function(fn)
         self.bar = make_bar(self.total, progress) if progress else None
 
     def next_size(self) -> int:
         if self.chunksize is not None:
-            size = self.chunksize
-        elif self.per_task is not None:
-            size = int(CHUNK_SECONDS / max(self.per_task, 1e-7))
+            return self.chunksize
+        workers = self.pool.max_workers
+        if self.per_task is not None:
+            per_task = max(self.per_task, 1e-7)
+            size = int(CHUNK_SECONDS / per_task)
+            # guided: at most a quarter of each worker's share of what is left, but not
+            # so small that the messages cost more than the work
+            if self.remaining is not None:
+                floor = min(int(MIN_CHUNK_SECONDS / per_task), -(-self.remaining // workers))
+                size = max(min(size, self.remaining // (workers * 4)), floor)
         elif self.total is not None:
-            size = self.total // (self.pool.max_workers * 32)
+            size = self.total // (workers * 32)
         else:
             size, self.ramp = self.ramp, self.ramp * 2
-        if self.chunksize is None and self.remaining is not None:
-            size = min(size, self.remaining // (self.pool.max_workers * 4))
-        if self.chunksize is None and self.pool.max_tasks is not None:
+        if self.pool.max_tasks is not None:
             size = min(size, self.pool.max_tasks)
         return max(1, size)
 
@@ -759,9 +827,9 @@ class _MapRun:
     def fill(self) -> None:
         pieces = []
         max_chunks = 2 * self.pool.max_workers + 2
-        while not self.exhausted and len(self.chunks) < max_chunks and (
-            self.buffered < self.window()
-        ):
+        while not self.exhausted and (
+            len(self.chunks) < max_chunks or self.buffered < READ_AHEAD_TASKS
+        ) and self.buffered < self.window():
             size = self.next_size()
             if self.buffersize is not None:
                 size = min(size, self.buffersize - self.buffered)
@@ -772,12 +840,13 @@ class _MapRun:
             if self.remaining is not None:
                 self.remaining -= len(args)
             future: Future = Future()
-            job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout)
+            job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
+                       star=self.star, fn_payload=self.fn_payload)
             if self.bar is not None:
                 future.add_done_callback(self._advance)
             self.chunks.append(future)
             self.buffered += len(args)
-            pieces.extend(self.pool.make_pieces(job, list(range(len(args)))))
+            pieces.extend(self.pool.make_pieces(job, range(len(args))))
         if pieces:
             self.pool.enqueue(pieces)
 
@@ -790,19 +859,22 @@ class _MapRun:
             while self.chunks:
                 future = self.chunks[0]
                 remaining = None if end_time is None else end_time - time.monotonic()
-                outcomes, seconds = future.result(remaining)
+                values, errors, seconds = future.result(remaining)
                 self.chunks.popleft()
-                self.buffered -= len(outcomes)
+                self.buffered -= len(values)
                 if seconds > 0:
-                    per_task = seconds / len(outcomes)
+                    per_task = seconds / len(values)
                     self.per_task = per_task if self.per_task is None else (
                         0.5 * self.per_task + 0.5 * per_task)
                 self.fill()
-                for ok, value in outcomes:
-                    if not ok:
-                        raise value
-                    yield value
-                del outcomes
+                if errors:
+                    for index, value in enumerate(values):
+                        if index in errors:
+                            raise errors[index]
+                        yield value
+                else:
+                    yield from values
+                del values, errors
         finally:
             for future in self.chunks:
                 future.cancel()

@@ -116,10 +116,15 @@ def _pickle_with(pickler_class: type, obj: object, snapshot: Snapshot) -> bytes:
     return buffer.getvalue()
 
 
-def dumps(obj: object, snapshot: Snapshot, what: str = "object") -> bytes:
-    """Pickle ``obj``; :class:`TaskPicklingError` names ``what`` if it cannot be."""
+def dumps(obj: object, snapshot: Snapshot, what: str = "object", *,
+          shared: bool = True) -> bytes:
+    """Pickle ``obj``; :class:`TaskPicklingError` names ``what`` if it cannot be.
+
+    ``shared=False`` promises that no shared object is inside (the caller checked), and
+    skips the per-object reference check, which costs a Python call per object.
+    """
     try:
-        if snapshot.shared:
+        if shared and snapshot.shared:
             data = _pickle_with(_SharingPickler, obj, snapshot)
         else:
             data = pickle.dumps(obj, PROTOCOL)
@@ -131,6 +136,22 @@ def dumps(obj: object, snapshot: Snapshot, what: str = "object") -> bytes:
         return _pickle_with(_CloudPickler, obj, snapshot)
     except Exception as error:
         raise TaskPicklingError(f"cannot pickle {what}: {describe(error)}") from error
+
+
+def holds_shared(snapshot: Snapshot, args: Any, star: bool, kwargs: Any) -> bool:
+    """Does any task pass a shared object directly (an argument or a keyword value)?"""
+    shared = snapshot.shared
+    if not shared:
+        return False
+    for task in args:
+        for arg in task if star else (task,):
+            if shared.get(id(arg), _MISSING) is arg:
+                return True
+    for task_kwargs in kwargs or ():
+        for value in task_kwargs.values():
+            if shared.get(id(value), _MISSING) is value:
+                return True
+    return False
 
 
 def loads(data: bytes) -> Any:

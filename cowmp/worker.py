@@ -2,12 +2,13 @@
 
 Messages on the worker's connection (pickled by :mod:`cowmp.serialize`):
 
-* parent -> worker: a :data:`HEADER` ``(piece_id, number of tasks)`` followed by the
-  pickle of ``(fn, arg_tuples, kwarg_dicts_or_None)``; EOF means stop.
+* parent -> worker: a :data:`HEADER` ``(piece_id, number of tasks, flags)`` followed by
+  the pickled function, then the pickle of ``(arguments, kwarg_dicts_or_None)``; EOF
+  means stop.
 * worker -> parent: ``("ready",)`` once the initializer succeeded, or
   ``("init_failed", exception)``; then for every piece
-  ``("done", piece_id, outcomes, seconds, retiring)`` where each outcome is
-  ``(True, value)`` or ``(False, exception)``.
+  ``("done", piece_id, values, errors, seconds, retiring)``: a value per task (None where
+  it raised) and the exceptions by position.
 
 Before each item the worker writes ``(piece_id, index, start time)`` into its slot of a
 shared progress array: if it dies, the parent knows which task it was running (that task
@@ -26,9 +27,12 @@ from typing import Any
 
 from . import exiting, serialize, sharing
 
-__all__ = ["HEADER", "SLOT_FIELDS", "run_worker"]
+__all__ = ["HEADER", "SLOT_FIELDS", "STAR", "TIMED", "run_worker"]
 
-HEADER = struct.Struct("!qI")
+#: piece id, number of tasks, flags, size of the pickled function that follows
+HEADER = struct.Struct("!qIBI")
+#: flags: tasks are argument tuples (else single arguments); tasks have a timeout
+STAR, TIMED = 1, 2
 
 #: progress array fields per slot: piece id, index in the piece, start time (monotonic)
 SLOT_FIELDS = 3
@@ -62,23 +66,65 @@ def _send(conn: Any, message: tuple, snapshot: serialize.Snapshot) -> None:
     conn.send_bytes(serialize.dumps(message, snapshot, "message"))
 
 
-def _send_outcomes(conn: Any, piece_id: int, outcomes: list, seconds: float,
+def _send_outcomes(conn: Any, piece_id: int, values: list, errors: dict, seconds: float,
                    retiring: bool, snapshot: serialize.Snapshot) -> None:
+    message = ("done", piece_id, values, errors, seconds, retiring)
     try:
-        data = serialize.dumps(("done", piece_id, outcomes, seconds, retiring), snapshot)
+        data = serialize.dumps(message, snapshot)
     except serialize.TaskPicklingError:
         # find the results that cannot be pickled; each fails alone
-        for i, (ok, value) in enumerate(outcomes):
+        for index, value in enumerate(values):
             try:
-                serialize.dumps(value, snapshot)
+                serialize.dumps(values[index], snapshot)
             except serialize.TaskPicklingError as error:
-                what = "result" if ok else "exception"
-                outcomes[i] = (False, serialize.wrap_exception(serialize.TaskPicklingError(
-                    f"the task's {what} {serialize.short_repr(value)} cannot be sent back "
-                    f"to the parent: {error}"
-                )))
-        data = serialize.dumps(("done", piece_id, outcomes, seconds, retiring), snapshot)
+                values[index] = None
+                errors[index] = serialize.wrap_exception(serialize.TaskPicklingError(
+                    f"the task's result {serialize.short_repr(value)} cannot be sent "
+                    f"back to the parent: {error}"))
+        data = serialize.dumps(message, snapshot)
     conn.send_bytes(data)
+
+
+def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int) -> tuple[list, dict]:
+    """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable."""
+    values: list = []
+    errors: dict = {}
+    append = values.append
+    start = 0
+    while True:
+        try:
+            for index in range(start, len(arg_list)):
+                slots[index_at] = index
+                append(fn(arg_list[index]))
+            return values, errors
+        except BaseException as error:  # noqa: BLE001 - reported to the caller
+            index = len(values)
+            append(None)
+            errors[index] = serialize.wrap_exception(error)
+            start = index + 1
+
+
+def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
+                 slots: Any, index_at: int, start_at: int) -> tuple[list, dict]:
+    values: list = []
+    errors: dict = {}
+    timed = flags & TIMED
+    star = flags & STAR
+    for index, args in enumerate(arg_list):
+        if timed:
+            slots[start_at] = time.monotonic()
+        slots[index_at] = index
+        try:
+            if not star:
+                values.append(fn(args))
+            elif kwarg_dicts is None:
+                values.append(fn(*args))
+            else:
+                values.append(fn(*args, **kwarg_dicts[index]))
+        except BaseException as error:  # noqa: BLE001 - reported to the caller
+            values.append(None)
+            errors[index] = serialize.wrap_exception(error)
+    return values, errors
 
 
 def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
@@ -99,44 +145,49 @@ def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
                 code = 1
                 return
         _send(conn, ("ready",), snapshot)
-        base = slot * SLOT_FIELDS
+        slots = memoryview(progress).cast("B").cast("d")
+        id_at = slot * SLOT_FIELDS
+        index_at, start_at = id_at + 1, id_at + 2
         done = 0
+        last_fn: Any = None
+        last_fn_bytes: bytes | None = None
         while True:
             try:
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the executor is done with us
             started = time.monotonic()
-            piece_id, count = HEADER.unpack_from(data)
+            piece_id, count, flags, fn_size = HEADER.unpack_from(data)
             try:
-                fn, arg_tuples, kwarg_dicts = serialize.loads(memoryview(data)[HEADER.size:])
+                view = memoryview(data)
+                fn_bytes = view[HEADER.size:HEADER.size + fn_size]
+                if fn_bytes != last_fn_bytes:  # the same function as the last piece: reuse
+                    last_fn, last_fn_bytes = None, None
+                    last_fn = serialize.loads(fn_bytes)
+                    last_fn_bytes = bytes(fn_bytes)
+                fn = last_fn
+                arg_list, kwarg_dicts = serialize.loads(view[HEADER.size + fn_size:])
             except BaseException as error:  # noqa: BLE001
                 # cannot even read the work: every task of the piece fails with the reason
-                failure = (False, serialize.wrap_exception(error))
-                _send_outcomes(conn, piece_id, [failure] * count, 0.0, False, snapshot)
+                wrapped = serialize.wrap_exception(error)
+                _send_outcomes(conn, piece_id, [None] * count, dict.fromkeys(
+                    range(count), wrapped), 0.0, False, snapshot)
                 continue
-            outcomes = []
             # the parent reads id, index, start: written start first, id last
-            progress[base + 2] = time.monotonic()
-            progress[base + 1] = 0
-            progress[base] = piece_id
-            for index, args in enumerate(arg_tuples):
-                if index:
-                    progress[base + 2] = time.monotonic()
-                    progress[base + 1] = index
-                try:
-                    if kwarg_dicts is None:
-                        outcomes.append((True, fn(*args)))
-                    else:
-                        outcomes.append((True, fn(*args, **kwarg_dicts[index])))
-                except BaseException as error:  # noqa: BLE001 - reported to the caller
-                    outcomes.append((False, serialize.wrap_exception(error)))
-            progress[base + 1] = len(arg_tuples)
-            done += len(arg_tuples)
+            slots[start_at] = time.monotonic()
+            slots[index_at] = 0
+            slots[id_at] = piece_id
+            if flags & (TIMED | STAR):
+                values, errors = _run_general(fn, arg_list, kwarg_dicts, flags, slots,
+                                              index_at, start_at)
+            else:
+                values, errors = _run_simple(fn, arg_list, slots, index_at)
+            slots[index_at] = len(arg_list)
+            done += len(arg_list)
             retiring = max_tasks is not None and done >= max_tasks
-            _send_outcomes(conn, piece_id, outcomes, time.monotonic() - started,
+            _send_outcomes(conn, piece_id, values, errors, time.monotonic() - started,
                            retiring, snapshot)
-            del fn, arg_tuples, kwarg_dicts, outcomes
+            del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
             if retiring:
                 return
     except (BrokenPipeError, ConnectionResetError):

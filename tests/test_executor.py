@@ -1,0 +1,974 @@
+"""cowmp.CowProcessPoolExecutor: ProcessPoolExecutor's behaviour, plus crash recovery,
+per-task timeouts, a fork server, share() by reference and progress bars."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import ctypes
+import itertools
+import json
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import requires_fork, run_script
+
+import cowmp
+from cowmp import CowProcessPoolExecutor, serialize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# -- task functions (module level: picklable by reference) ---------------------------------
+
+
+def _square(x):
+    return x * x
+
+
+def _add(a, b=0):
+    return a + b
+
+
+def _identity(x):
+    return x
+
+
+def _sleep_return(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def _raise_value_error(message):
+    raise ValueError(message)
+
+
+def _fail_at(x, bad):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x * x
+
+
+def _raise_unpicklable():
+    raise ValueError(threading.Lock())
+
+
+def _make_generator():
+    return (i for i in range(3))
+
+
+def _pid():
+    return os.getpid()
+
+
+def _ppid():
+    return os.getppid()
+
+
+def _pid_square(x):
+    return os.getpid(), x * x
+
+
+def _kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)
+
+
+def _exit_3():
+    os._exit(3)
+
+
+def _segfault():
+    ctypes.string_at(0)
+
+
+def _crash_at(x, bad):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    return x * x
+
+
+_initialized = None
+
+
+def _init(value):
+    global _initialized
+    _initialized = value
+
+
+def _read_initialized():
+    return _initialized
+
+
+def _failing_init():
+    raise OSError("initializer failed on purpose")
+
+
+def _sum_len(seq):
+    return sum(seq), len(seq)
+
+
+def _is_shared(obj):
+    return cowmp.is_shared(obj)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _wait_for(predicate, timeout=10.0, interval=0.02):
+    """Poll ``predicate`` until it is true; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def _two_worker_pids(ex):
+    """The executor's two live worker pids, once both are known (starts the manager)."""
+    ex.submit(_identity, 0).result(timeout=30)
+    pids = _wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids))
+    assert pids, f"workers never all reported: {ex.worker_pids}"
+    return pids
+
+
+def _gone(pid):
+    """True if ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _zombies():
+    result = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                result.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def _is_helper(proc):
+    """loky's resource tracker (fallback mode) may outlive a test: it is not ours."""
+    try:
+        return "resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def _executor_cleaned_up():
+    """After each test: no manager thread and no new child process (fork server, worker,
+    zombie) is left; a leftover manager thread would also make the next fork warn."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    threads = _wait_for(lambda: not [t for t in threading.enumerate()
+                                     if t.name == "cowmp-executor"], timeout=10)
+    assert threads, [t.name for t in threading.enumerate()]
+
+    def left():
+        return [p for p in me.children(recursive=True)
+                if p.pid not in before and not _is_helper(p)]
+
+    assert _wait_for(lambda: not left(), timeout=10), [
+        (p.pid, p.status()) for p in left()]
+
+
+# -- basic ProcessPoolExecutor behaviour ---------------------------------------------------
+
+
+def test_submit_returns_results_and_passes_kwargs():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert ex.submit(_square, 7).result(timeout=30) == 49
+        assert ex.submit(_add, 1, b=2).result(timeout=30) == 3
+        assert ex.submit(_add, a=5).result(timeout=30) == 5
+        futures = [ex.submit(_square, i) for i in range(50)]
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(50)]
+
+
+def test_context_manager_returns_executor_and_waits_for_pending_work():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert isinstance(ex, CowProcessPoolExecutor)
+        futures = [ex.submit(_sleep_return, 0.1, i) for i in range(6)]
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == list(range(6))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(_square, 1)
+
+
+def test_submit_and_map_after_shutdown_raise_runtime_error():
+    ex = CowProcessPoolExecutor(max_workers=2)
+    assert ex.submit(_square, 3).result(timeout=30) == 9
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(_square, 1)
+    with pytest.raises(RuntimeError):
+        ex.map(_square, [1, 2])
+    ex.shutdown()  # a second shutdown is harmless
+
+
+def test_shutdown_without_any_task_stops_the_workers():
+    ex = CowProcessPoolExecutor(max_workers=2)
+    server = ex.fork_server_pid
+    ex.shutdown(wait=True)
+    if server is not None:
+        assert _wait_for(lambda: _gone(server), timeout=5)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_cancel_futures_cancels_only_tasks_not_started():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        _two_worker_pids(ex)
+        futures = [ex.submit(_sleep_return, 0.3, i) for i in range(12)]
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert all(f.done() for f in futures)
+    cancelled = [i for i, f in enumerate(futures) if f.cancelled()]
+    finished = [i for i, f in enumerate(futures) if not f.cancelled()]
+    # at most two tasks per worker (one running, one prefetched) had started
+    assert len(cancelled) >= 12 - 4, (cancelled, finished)
+    assert finished == list(range(len(finished)))  # the first ones, in submit order
+    assert [futures[i].result() for i in finished] == finished
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_wait_false_returns_at_once_and_work_still_completes():
+    ex = CowProcessPoolExecutor(max_workers=2)
+    futures = [ex.submit(_sleep_return, 0.3, i) for i in range(4)]
+    started = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - started < 0.25
+    with pytest.raises(RuntimeError):
+        ex.submit(_square, 1)
+    assert [f.result(timeout=30) for f in futures] == [0, 1, 2, 3]
+    thread = ex._pool.thread
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_future_can_be_cancelled():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        _two_worker_pids(ex)
+        futures = [ex.submit(_sleep_return, 0.3, i) for i in range(6)]
+        assert futures[-1].cancel()
+        with pytest.raises(cf.CancelledError):
+            futures[-1].result(timeout=30)
+        assert [f.result(timeout=30) for f in futures[:4]] == [0, 1, 2, 3]
+
+
+def test_exception_is_reraised_with_the_worker_traceback_as_cause():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        future = ex.submit(_raise_value_error, "boom from the worker")
+        with pytest.raises(ValueError, match="boom from the worker") as info:
+            future.result(timeout=30)
+        cause = info.value.__cause__
+        assert isinstance(cause, cowmp.RemoteTraceback)
+        text = str(cause)
+        assert "Traceback (most recent call last)" in text
+        assert "_raise_value_error" in text
+        assert 'raise ValueError(message)' in text
+        assert "ValueError: boom from the worker" in text
+        assert ex.submit(_square, 4).result(timeout=30) == 16  # the pool goes on
+
+
+def test_an_exception_that_cannot_be_pickled_is_reported_by_type_and_message():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        error = ex.submit(_raise_unpicklable).exception(timeout=30)
+        assert isinstance(error, RuntimeError)
+        assert "ValueError" in str(error) and "could not be pickled" in str(error)
+        assert isinstance(error.__cause__, cowmp.RemoteTraceback)
+        assert ex.submit(_square, 5).result(timeout=30) == 25
+
+
+@pytest.mark.timeout(60)
+def test_initializer_runs_in_every_worker_with_initargs():
+    with CowProcessPoolExecutor(max_workers=2, initializer=_init,
+                                initargs=("ready",)) as ex:
+        futures = [ex.submit(_read_initialized) for _ in range(20)]
+        assert {f.result(timeout=30) for f in futures} == {"ready"}
+    assert _initialized is None  # ran in the workers, not here
+
+
+@pytest.mark.timeout(60)
+def test_initializer_runs_in_replacement_workers():
+    with CowProcessPoolExecutor(max_workers=2, initializer=_init, initargs=(42,),
+                                max_tasks_per_child=1) as ex:
+        futures = [ex.submit(_read_initialized) for _ in range(6)]
+        assert [f.result(timeout=30) for f in futures] == [42] * 6
+
+
+@pytest.mark.timeout(60)
+def test_failing_initializer_breaks_the_pool():
+    with CowProcessPoolExecutor(max_workers=2, initializer=_failing_init) as ex:
+        future = ex.submit(_square, 3)
+        with pytest.raises(BrokenProcessPool) as info:
+            future.result(timeout=30)
+        assert "initializer" in str(info.value)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(_square, 4)
+        with pytest.raises(BrokenProcessPool):
+            ex.map(_square, [1])
+
+
+@pytest.mark.timeout(60)
+def test_wait_and_as_completed_work_on_its_futures():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        _two_worker_pids(ex)
+        slow = ex.submit(_sleep_return, 1.0, "slow")
+        fast = ex.submit(_sleep_return, 0.01, "fast")
+        done, not_done = cf.wait([slow, fast], timeout=30,
+                                 return_when=cf.FIRST_COMPLETED)
+        assert fast in done and slow in not_done
+        done, not_done = cf.wait([slow, fast], timeout=30)
+        assert done == {slow, fast} and not not_done
+        futures = [ex.submit(_sleep_return, 0.05 * (5 - i), i) for i in range(5)]
+        completed = list(cf.as_completed(futures, timeout=30))
+        assert sorted(f.result() for f in completed) == list(range(5))
+        assert len(completed) == 5
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a task is prefetched to a worker that is running a long task, and waits there "
+    "behind it although another worker is idle (head-of-line blocking)"))
+@pytest.mark.timeout(60)
+def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_is_idle():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        _two_worker_pids(ex)
+        time.sleep(0.2)
+        started = time.monotonic()
+        long = ex.submit(_sleep_return, 3.0, "long")
+        medium = ex.submit(_sleep_return, 0.2, "medium")
+        short = ex.submit(_sleep_return, 0.01, "short")
+        assert short.result(timeout=30) == "short"
+        elapsed = time.monotonic() - started
+        assert medium.result(timeout=30) == "medium"
+        # the stdlib's executor runs it on the worker that finished "medium": ~0.2 s
+        assert elapsed < 1.5, f"the short task finished after {elapsed:.2f} s"
+        assert long.result(timeout=30) == "long"
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"max_workers": 0}, ValueError),
+    ({"max_workers": -1}, ValueError),
+    ({"initializer": 42}, TypeError),
+    ({"initializer": "not callable"}, TypeError),
+    ({"max_tasks_per_child": 0}, ValueError),
+    ({"max_tasks_per_child": -3}, ValueError),
+])
+def test_constructor_argument_validation(kwargs, error):
+    with pytest.raises(error):
+        CowProcessPoolExecutor(**kwargs)
+
+
+def test_map_and_schedule_argument_validation():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        for chunksize in (0, -1):
+            with pytest.raises(ValueError):
+                ex.map(_square, [1, 2], chunksize=chunksize)
+        with pytest.raises(ValueError):
+            ex.map(_square, [1, 2], task_timeout=0)
+        with pytest.raises(ValueError):
+            ex.schedule(_square, (1,), timeout=-1)
+        assert list(ex.map(_square, [1, 2, 3], chunksize=2)) == [1, 4, 9]
+
+
+# -- map -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_map_many_tiny_tasks_in_order():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert list(ex.map(_square, range(20_000))) == [i * i for i in range(20_000)]
+        assert list(ex.map(_square, iter(range(5000)))) == [i * i for i in range(5000)]
+        assert list(ex.map(_square, [])) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [1, 7, 1000])
+def test_map_with_explicit_chunksize(chunksize):
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert list(ex.map(_square, range(500), chunksize=chunksize)) == [
+            i * i for i in range(500)]
+
+
+@pytest.mark.timeout(60)
+def test_map_over_multiple_iterables_stops_at_the_shortest():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert list(ex.map(_add, range(100), range(100, 300))) == [
+            a + b for a, b in zip(range(100), range(100, 300))]
+        assert list(ex.map(_add, range(10), itertools.count(1000))) == [
+            1000 + 2 * i for i in range(10)]
+
+
+@pytest.mark.timeout(60)
+def test_map_is_lazy_on_an_infinite_iterable():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_square, itertools.count())
+        first = list(itertools.islice(results, 200))
+        results.close()
+        assert first == [i * i for i in range(200)]
+        # the pool is still usable after the abandoned map
+        assert ex.submit(_square, 3).result(timeout=30) == 9
+
+
+@pytest.mark.timeout(60)
+def test_map_reads_its_input_ahead_of_the_results_only_a_bounded_amount():
+    consumed = []
+
+    def numbers():
+        for i in itertools.count():
+            consumed.append(i)
+            yield i
+
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_sleep_return, (0.001 for _ in numbers()), buffersize=10)
+        next(results)
+        assert len(consumed) <= 11
+        results.close()
+
+
+@pytest.mark.timeout(60)
+def test_map_raises_at_the_failing_item_like_the_stdlib():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        got = []
+        with pytest.raises(ValueError, match="bad item 37") as info:
+            for value in ex.map(_fail_at, range(100), itertools.repeat(37)):
+                got.append(value)
+        assert got == [i * i for i in range(37)]
+        assert isinstance(info.value.__cause__, cowmp.RemoteTraceback)
+        assert "_fail_at" in str(info.value.__cause__)
+
+
+@pytest.mark.timeout(60)
+def test_map_timeout_raises_timeout_error():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_sleep_return, [1.0, 1.0], timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            next(results)
+        assert time.monotonic() - started < 0.9
+        # the stdlib's map raises the same way
+        with cf.ThreadPoolExecutor(1) as reference:
+            with pytest.raises(cf.TimeoutError):
+                next(reference.map(time.sleep, [0.5], timeout=0.05))
+
+
+# -- functions: lambdas, closures, __main__ -------------------------------------------------
+
+
+def test_lambdas_and_closures():
+    offset = 1000
+
+    def closure(x):
+        return x + offset
+
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert ex.submit(lambda x: x * 3, 5).result(timeout=30) == 15
+        assert ex.submit(closure, 1).result(timeout=30) == 1001
+        assert list(ex.map(lambda x, y: x - y, [10, 20], [1, 2])) == [9, 18]
+        assert list(ex.map(closure, range(5))) == [1000, 1001, 1002, 1003, 1004]
+
+
+@pytest.mark.timeout(120)
+def test_functions_and_classes_of_main_including_ones_defined_after_the_executor():
+    out = run_script("""
+        import cowmp
+
+        def early(x):
+            return ("early", x)
+
+        def redefined():
+            return "old"
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def make_point(x):
+            return Point(x)
+
+        if __name__ == "__main__":
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                SCALE = 10
+
+                def late(x):
+                    return ("late", x * SCALE)
+
+                def redefined():
+                    return "new"
+
+                print(ex.submit(early, 1).result(30))
+                print(ex.submit(late, 2).result(30))
+                print(ex.submit(redefined).result(30))
+                print(list(ex.map(late, range(3))))
+                print(ex.submit(lambda: Point(7).x).result(30))
+                p = ex.submit(make_point, 5).result(30)
+                print(type(p).__name__, p.x)
+            print("done")
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "('early', 1)",
+        "('late', 20)",
+        "new",
+        "[('late', 0), ('late', 10), ('late', 20)]",
+        "7",
+        "Point 5",
+        "done",
+    ], out.stderr
+
+
+def test_instances_of_main_classes_come_back_as_the_parents_class():
+    out = run_script("""
+        import cowmp
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def make_point(x):
+            return Point(x)
+
+        if __name__ == "__main__":
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                p = ex.submit(make_point, 5).result(30)
+                print(type(p) is Point, isinstance(p, Point))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.timeout(60)
+def test_an_argument_that_cannot_be_pickled_fails_that_future_alone():
+    lock = threading.Lock()
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        error = ex.submit(_identity, lock).exception(timeout=30)
+        assert isinstance(error, cowmp.TaskPicklingError)
+        assert isinstance(error, pickle.PicklingError)
+        assert "lock" in str(error) and "argument 0" in str(error)
+        error = ex.submit(_add, 1, b=lock).exception(timeout=30)
+        assert isinstance(error, cowmp.TaskPicklingError)
+        assert "b=" in str(error) and "lock" in str(error)
+        assert ex.submit(_square, 6).result(timeout=30) == 36
+        # in a map, only that item fails, where the map reaches it
+        results = ex.map(_identity, [1, lock, 3])
+        assert next(results) == 1
+        with pytest.raises(cowmp.TaskPicklingError, match="lock"):
+            next(results)
+        assert ex.submit(_square, 7).result(timeout=30) == 49
+
+
+@pytest.mark.timeout(60)
+def test_a_function_that_cannot_be_pickled_fails_that_future_alone():
+    lock = threading.Lock()
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        error = ex.submit(lambda: lock.locked()).exception(timeout=30)
+        assert isinstance(error, cowmp.TaskPicklingError)
+        assert "function" in str(error) and "lock" in str(error)
+        assert ex.submit(_square, 6).result(timeout=30) == 36
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("task,name", [
+    (_make_generator, "generator"),
+    (threading.Lock, "lock"),
+])
+def test_a_result_that_cannot_be_pickled_fails_that_future_alone(task, name):
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        error = ex.submit(task).exception(timeout=30)
+        assert isinstance(error, cowmp.TaskPicklingError)
+        assert isinstance(error, pickle.PicklingError)
+        assert "result" in str(error) and name in str(error)
+        assert ex.submit(_square, 6).result(timeout=30) == 36
+
+
+# -- per-task timeouts ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_executor_task_timeout_fails_the_late_task_and_replaces_its_worker():
+    with CowProcessPoolExecutor(max_workers=2, task_timeout=0.5) as ex:
+        before = _two_worker_pids(ex)
+        started = time.monotonic()
+        late = ex.submit(_sleep_return, 20, "late")
+        others = [ex.submit(_sleep_return, 0.05, i) for i in range(10)]
+        error = late.exception(timeout=30)
+        assert isinstance(error, TimeoutError), repr(error)
+        assert "timeout" in str(error)
+        assert time.monotonic() - started < 10
+        assert [f.result(timeout=30) for f in others] == list(range(10))
+        after = _wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids),
+                          timeout=10)
+        assert after and len(after - before) == 1, (before, after)
+        assert ex.submit(_square, 3).result(timeout=30) == 9
+
+
+@pytest.mark.timeout(60)
+def test_schedule_with_a_timeout():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        late = ex.schedule(_sleep_return, (20, "late"), timeout=0.5)
+        quick = ex.schedule(_add, (1,), {"b": 2}, timeout=5)
+        untimed = ex.schedule(_sleep_return, (0.8, "untimed"))
+        assert quick.result(timeout=30) == 3
+        assert isinstance(late.exception(timeout=30), TimeoutError)
+        assert untimed.result(timeout=30) == "untimed"
+        # submit() has no timeout without the executor's task_timeout
+        assert ex.submit(_sleep_return, 0.8, "slow").result(timeout=30) == "slow"
+
+
+@pytest.mark.timeout(60)
+def test_map_task_timeout():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_sleep_return, [0.01, 20, 0.01], ["a", "b", "c"],
+                         task_timeout=0.5)
+        assert next(results) == "a"
+        with pytest.raises(TimeoutError):
+            next(results)
+        assert list(ex.map(_square, range(10), task_timeout=5)) == [
+            i * i for i in range(10)]
+
+
+# -- crash recovery ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("task,exitcode,text", [
+    (_kill_self, -signal.SIGKILL, "SIGKILL"),
+    (_exit_3, 3, "exit code 3"),
+    (_segfault, -signal.SIGSEGV, "SIGSEGV"),
+])
+def test_a_dying_worker_fails_only_its_task(task, exitcode, text):
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        before = _two_worker_pids(ex)
+        others = [ex.submit(_sleep_return, 0.02, i) for i in range(5)]
+        doomed = ex.submit(task)
+        more = [ex.submit(_sleep_return, 0.02, i) for i in range(5, 10)]
+        error = doomed.exception(timeout=30)
+        assert isinstance(error, cowmp.WorkerDiedError), repr(error)
+        assert isinstance(error, BrokenProcessPool)
+        assert text in str(error)
+        assert error.exitcode == exitcode
+        assert error.pid in before
+        assert [f.result(timeout=30) for f in others + more] == list(range(10))
+        assert ex.submit(_square, 8).result(timeout=30) == 64
+        after = _wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids))
+        assert after and error.pid not in after
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_while_idle_is_replaced_and_nothing_fails():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        before = _two_worker_pids(ex)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        after = _wait_for(lambda: len(ex.worker_pids) == 2 and victim not in ex.worker_pids
+                          and set(ex.worker_pids))
+        assert after, ex.worker_pids
+        assert [f.result(timeout=30) for f in [ex.submit(_square, i) for i in range(20)]] \
+            == [i * i for i in range(20)]
+
+
+@pytest.mark.timeout(60)
+def test_crash_in_the_middle_of_a_long_map_raises_at_that_item():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        got = []
+        with pytest.raises(cowmp.WorkerDiedError, match="SIGKILL") as info:
+            for value in ex.map(_crash_at, range(2000), itertools.repeat(777)):
+                got.append(value)
+        assert got == [i * i for i in range(777)]
+        assert "777" in str(info.value)
+        assert list(ex.map(_square, range(100))) == [i * i for i in range(100)]
+
+
+@pytest.mark.timeout(60)
+def test_crash_among_many_submitted_tasks_fails_exactly_that_task():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        futures = [ex.submit(_crash_at, i, 777) for i in range(2000)]
+        done, not_done = cf.wait(futures, timeout=50)
+        assert not not_done
+        assert isinstance(futures[777].exception(), cowmp.WorkerDiedError)
+        for i, f in enumerate(futures):
+            if i != 777:
+                assert f.result() == i * i, i
+
+
+@pytest.mark.timeout(60)
+def test_several_crashes_in_one_map_with_chunks():
+    # every item a multiple of 250 kills its worker; chunks hold many items
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        futures = [ex.submit(_crash_at, i, 250 * (i // 250)) for i in range(1, 1000)]
+        cf.wait(futures, timeout=50)
+        failed = [i + 1 for i, f in enumerate(futures) if f.exception() is not None]
+        assert failed == [250, 500, 750]
+        assert all(f.result() == (i + 1) ** 2 for i, f in enumerate(futures)
+                   if i + 1 not in failed)
+
+
+@pytest.mark.timeout(60)
+def test_no_zombies_after_crashes_timeouts_and_retirements():
+    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=3) as ex:
+        for task in (_kill_self, _exit_3):
+            assert isinstance(ex.submit(task).exception(timeout=30), cowmp.WorkerDiedError)
+        late = ex.schedule(_sleep_return, (20,), timeout=0.3)
+        assert isinstance(late.exception(timeout=30), TimeoutError)
+        assert [f.result(timeout=30) for f in [ex.submit(_square, i) for i in range(10)]] \
+            == [i * i for i in range(10)]
+        assert _wait_for(lambda: not _zombies(), timeout=3), _zombies()
+        assert ex.submit(_square, 2).result(timeout=30) == 4
+
+
+# -- max_tasks_per_child -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_max_tasks_per_child_replaces_workers():
+    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=3) as ex:
+        results = [f.result(timeout=30) for f in [ex.submit(_pid_square, i)
+                                                  for i in range(20)]]
+    assert [value for _, value in results] == [i * i for i in range(20)]
+    per_pid = collections.Counter(pid for pid, _ in results)
+    assert len(per_pid) >= 7, per_pid
+    assert max(per_pid.values()) <= 3, per_pid
+
+
+@pytest.mark.timeout(60)
+def test_max_tasks_per_child_with_map_results_correct_and_pids_change():
+    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=10) as ex:
+        results = list(ex.map(_pid_square, range(100)))
+    assert [value for _, value in results] == [i * i for i in range(100)]
+    assert len({pid for pid, _ in results}) >= 6
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a worker is given another map chunk while it has run fewer than max_tasks_per_child "
+    "tasks, however many tasks that chunk holds: it runs more than max_tasks_per_child"))
+@pytest.mark.timeout(60)
+def test_max_tasks_per_child_bounds_the_tasks_of_a_worker_in_a_map():
+    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=10) as ex:
+        results = list(ex.map(_pid_square, range(100)))
+    per_pid = collections.Counter(pid for pid, _ in results)
+    assert max(per_pid.values()) <= 10, sorted(per_pid.values())
+
+
+# -- the fork server -----------------------------------------------------------------------
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_workers_are_children_of_the_fork_server_not_of_the_parent():
+    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=2) as ex:
+        server = ex.fork_server_pid
+        assert server is not None and server != os.getpid()
+        assert psutil.Process(server).ppid() == os.getpid()
+        assert isinstance(ex.submit(_kill_self).exception(timeout=30), cowmp.WorkerDiedError)
+        ppids = {f.result(timeout=30) for f in [ex.submit(_ppid) for _ in range(10)]}
+        assert ppids == {server}
+        for pid in ex.worker_pids:
+            assert psutil.Process(pid).ppid() == server
+
+
+@pytest.mark.skipif(not cowmp.FALLBACK, reason="only without fork")
+def test_fallback_workers_are_processes_of_the_parent():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert ex.fork_server_pid is None
+        assert ex.submit(_ppid).result(timeout=60) == os.getpid()
+
+
+@requires_fork
+@pytest.mark.timeout(120)
+def test_no_fork_with_threads_warning_even_with_replacements():
+    out = run_script("""
+        import os, signal, time, warnings
+        import cowmp
+
+        def ppid(x):
+            return os.getppid(), x * x
+
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if __name__ == "__main__":
+            warnings.simplefilter("error", cowmp.ForkWithThreadsWarning)
+            with cowmp.CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=2) as ex:
+                server = ex.fork_server_pid
+                results = [ex.submit(ppid, i) for i in range(10)]
+                crashes = [ex.submit(die) for _ in range(3)]
+                late = ex.schedule(time.sleep, (20,), timeout=0.3)
+                results += [ex.submit(ppid, i) for i in range(10, 20)]
+                mapped = list(ex.map(ppid, range(20, 60)))
+                assert all(isinstance(c.exception(30), cowmp.WorkerDiedError)
+                           for c in crashes)
+                assert isinstance(late.exception(30), TimeoutError)
+                values = [f.result(30) for f in results] + mapped
+                assert [v for _, v in values] == [i * i for i in range(60)]
+                assert {p for p, _ in values} == {server}, ({p for p, _ in values}, server)
+                assert server != os.getpid()
+            print("OK")
+    """, env={"PYTHONWARNINGS": "error::DeprecationWarning"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OK"
+    assert "Warning" not in out.stderr, out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_parent_death_ends_the_fork_server_and_the_workers():
+    code = textwrap.dedent("""
+        import json, os, sys, time
+        import cowmp
+
+        def sleepy():
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            ex = cowmp.CowProcessPoolExecutor(max_workers=2)
+            futures = [ex.submit(sleepy) for _ in range(4)]
+            while len(ex.worker_pids) < 2:
+                time.sleep(0.01)
+            time.sleep(0.3)
+            print(json.dumps({"server": ex.fork_server_pid, "workers": ex.worker_pids}),
+                  flush=True)
+            time.sleep(60)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "script.py"
+        script.write_text(code)
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
+        pids = []
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 40)
+            assert ready, "the script printed nothing"
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            info = json.loads(line)
+            pids = [p for p in [info["server"], *info["workers"]] if p is not None]
+            assert len(info["workers"]) == 2
+            assert all(not _gone(pid) for pid in pids)
+            proc.kill()
+            proc.wait(10)
+            killed = time.monotonic()
+            assert _wait_for(lambda: all(_gone(pid) for pid in pids), timeout=5), [
+                pid for pid in pids if not _gone(pid)]
+            assert time.monotonic() - killed < 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pid in pids:
+                if not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+            proc.stdout.close()
+            proc.stderr.close()
+
+
+# -- share() ---------------------------------------------------------------------------------
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_shared_object_is_sent_by_reference():
+    big = cowmp.share(list(range(2_000_000)))
+    small = [1, 2, 3]
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        snapshot = ex._pool.snapshot
+
+        def captures_big():
+            return sum(big), len(big)
+
+        payloads = {
+            "argument": (_sum_len, [(big,)], None),
+            "closure": (captures_big, [()], None),
+            "small": (_sum_len, [(small,)], None),
+        }
+        sizes = {name: len(serialize.dumps(p, snapshot)) for name, p in payloads.items()}
+        assert sizes["argument"] < 1024, sizes
+        assert sizes["closure"] < 1024, sizes
+        assert sizes["argument"] < sizes["small"] + 64, sizes
+        # an equal list that was not shared goes by value
+        assert len(serialize.dumps((_sum_len, [(list(big),)], None), snapshot)) > 1_000_000
+        expected = (sum(big), len(big))
+        assert ex.submit(_sum_len, big).result(timeout=30) == expected
+        assert ex.submit(captures_big).result(timeout=30) == expected
+        assert ex.submit(_is_shared, big).result(timeout=30) is True
+        assert ex.submit(_sum_len, small).result(timeout=30) == (6, 3)
+
+
+@pytest.mark.timeout(60)
+def test_object_shared_after_the_executor_was_created_goes_by_value():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        late = cowmp.share(list(range(100_000)))
+        if not cowmp.FALLBACK:
+            payload = (_sum_len, [(late,)], None)
+            assert len(serialize.dumps(payload, ex._pool.snapshot)) > 100_000
+        expected = (sum(late), len(late))
+        assert ex.submit(_sum_len, late).result(timeout=30) == expected
+        assert ex.submit(lambda: _sum_len(late)).result(timeout=30) == expected
+        assert list(ex.map(_sum_len, [late, late])) == [expected, expected]
+
+
+# -- progress bars -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_progress_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert list(ex.map(_square, range(50), progress=True)) == [
+            i * i for i in range(50)]
+        assert list(ex.map(_square, range(20), progress={"desc": "squares"})) == [
+            i * i for i in range(20)]
+    err = capsys.readouterr().err
+    assert "50/50" in err and "cowmp" in err, err
+    assert "squares" in err and "20/20" in err, err
+
+
+@pytest.mark.timeout(60)
+def test_progress_without_tqdm_prints_a_plain_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert list(ex.map(_square, range(50), progress=True)) == [
+            i * i for i in range(50)]
+        assert list(ex.map(_square, iter(range(30)), progress=True)) == [
+            i * i for i in range(30)]
+    err = capsys.readouterr().err
+    assert "cowmp: 50/50 (100%)" in err, err
+    assert "cowmp: 30 tasks" in err, err
+
+
+@pytest.mark.timeout(120)
+def test_progress_without_tqdm_in_a_fresh_interpreter():
+    out = run_script("""
+        import sys
+        sys.modules["tqdm"] = None
+        import cowmp
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                print(sum(ex.map(square, range(40), progress=True)))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(sum(i * i for i in range(40)))
+    assert "40/40 (100%)" in out.stderr, out.stderr
