@@ -6,7 +6,8 @@ runs the same suite under plain ``fork`` for comparison.
 
 A few of CPython's tests branch on the literal start-method name ``"fork"``; each one that
 cowfork cannot pass for that reason alone is listed in ``NAME_BRANCHES`` and skipped with
-the reason.
+the reason; so is a thread-pool test that stalls now and then under any method
+(``NOT_ABOUT_PROCESSES``).
 """
 
 import sys
@@ -44,8 +45,18 @@ NAME_BRANCHES = {
 }
 
 
+# test id -> why it is skipped although it does not depend on the start method at all
+NOT_ABOUT_PROCESSES = {
+    "WithThreadsTestPool.test_terminate": (
+        "a thread pool (no process, no start method); on 3.11 and 3.12 it stalls for "
+        "about 300 s now and then under 'fork' too, when a thread worker sleeps through "
+        "terminate() (3.13's copy of the test shortens the sleep)"
+    ),
+}
+
+
 def _skip_name_branches(namespace):
-    for test_id, reason in NAME_BRANCHES.items():
+    for test_id, reason in {**NAME_BRANCHES, **NOT_ABOUT_PROCESSES}.items():
         class_name, method = test_id.split(".")
         cls = namespace.get(class_name)
         if cls is not None and hasattr(cls, method):
