@@ -441,7 +441,10 @@ class _Pool:
     def dispatch(self) -> None:
         if self.broken or not self.queue:
             return
-        for depth in (1, 2):
+        # a second piece to a busy worker only when every worker is up: one that is
+        # still starting would otherwise find the work taken
+        all_ready = all(w.ready for w in self.workers.values())
+        for depth in (1, 2) if all_ready else (1,):
             for w in list(self.workers.values()):
                 while self.queue and self.can_take(w, depth):
                     piece = self.queue.popleft()

@@ -18,8 +18,8 @@ or the ``COWMP_GC_POLICY`` environment variable):
     those pages while children share them.  Objects made while children are alive are
     left to the collector as under plain fork, so a pool that is made and dropped while
     another pool runs is freed as usual.  Objects frozen alive that become cyclic garbage
-    later are reclaimed at a fork when no child is alive and the frozen set has grown by
-    a quarter since the last whole-heap collection (the parent thaws, collects everything
+    later are reclaimed at a fork when no child is alive and the heap (its allocated
+    memory blocks) has grown by a quarter since the last whole-heap collection (the parent thaws, collects everything
     and freezes again: CPython's own amortised rule for full collections), or at once by
     :func:`collect`.  A parent that forks thousands of times stays bounded.
 ``"frozen"``
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 
 import psutil
@@ -45,11 +46,12 @@ __all__ = ["GC_POLICIES", "collect", "get_gc_policy", "set_gc_policy"]
 
 GC_POLICIES = ("auto", "frozen", "unfreeze")
 
-#: Fraction of new frozen objects (relative to the count after the last whole-heap
-#: collection) that makes the "auto" policy thaw and collect when no child is alive.
+#: Growth of the heap (in allocated memory blocks, relative to the count after the last
+#: whole-heap collection) that makes the "auto" policy thaw and collect when no child is
+#: alive.  Blocks, not ``gc.get_freeze_count()``: that one walks every frozen object.
 THAW_GROWTH = 0.25
-#: Below this many frozen objects a whole-heap collection is cheap: always allowed.
-THAW_MIN_OBJECTS = 20_000
+#: Below this many allocated blocks a whole-heap collection is cheap: always allowed.
+THAW_MIN_BLOCKS = 100_000
 
 
 def _policy_from_environment() -> str:
@@ -67,8 +69,10 @@ class _HeapState:
 
     def __init__(self, policy: str) -> None:
         self.policy = policy
-        # gc.get_freeze_count() right after the last collection of the whole heap.
-        self.frozen_after_full = 0
+        # sys.getallocatedblocks() right after the last collection of the whole heap
+        self.blocks_after_full = 0
+        # whether this process has frozen its heap since it started
+        self.froze = False
         # Forks between freeze_for_fork() and after_fork_in_parent(), in all threads,
         # and whether the GC was enabled before the first of them disabled it.
         self.forks_in_flight = 0
@@ -152,7 +156,7 @@ def collect() -> int:
         found = gc.collect()
         if refreeze:
             gc.freeze()
-        _state.frozen_after_full = gc.get_freeze_count()
+        _state.blocks_after_full = sys.getallocatedblocks()
         return found
 
 
@@ -162,10 +166,8 @@ def freeze_all() -> None:
 
 
 def _whole_heap_collection_due() -> bool:
-    frozen = gc.get_freeze_count()
-    if frozen <= _state.frozen_after_full:
-        return False
-    return frozen <= THAW_MIN_OBJECTS or frozen >= _state.frozen_after_full * (
+    blocks = sys.getallocatedblocks()
+    return blocks <= THAW_MIN_BLOCKS or blocks >= _state.blocks_after_full * (
         1 + THAW_GROWTH
     )
 
@@ -175,17 +177,19 @@ def _freeze_unshared_heap(collecting: bool) -> None:
     last child ended.  Collect what is not frozen (or, when due, everything), freeze."""
     whole_heap = False
     if collecting:
-        if _whole_heap_collection_due():
+        if not _state.froze:
+            gc.collect(1)  # first freeze: the young only, not the whole heap
+            _state.blocks_after_full = sys.getallocatedblocks()
+        elif _whole_heap_collection_due():
             gc.unfreeze()
             gc.collect()
             whole_heap = True
-        elif gc.get_freeze_count() == 0:
-            gc.collect(1)  # first freeze: the young only, not the whole heap
         else:
             gc.collect()  # what was made since the last freeze (frozen is skipped)
     gc.freeze()
+    _state.froze = True
     if whole_heap:
-        _state.frozen_after_full = gc.get_freeze_count()
+        _state.blocks_after_full = sys.getallocatedblocks()
 
 
 def freeze_for_fork() -> None:
@@ -201,6 +205,7 @@ def freeze_for_fork() -> None:
         gc.disable()
         if _state.policy == "frozen":
             gc.freeze()
+            _state.froze = True
         elif _state.policy == "auto" and not children_alive():
             _freeze_unshared_heap(collecting=_state.reenable)
 
@@ -219,5 +224,6 @@ def after_fork_in_child() -> None:
     global _state
     gc.freeze()
     _state = _HeapState(_state.policy)
-    _state.frozen_after_full = gc.get_freeze_count()
+    _state.froze = True
+    _state.blocks_after_full = sys.getallocatedblocks()
     gc.enable()

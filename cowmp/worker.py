@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,21 +39,31 @@ STAR, TIMED = 1, 2
 SLOT_FIELDS = 3
 
 
+_prctl: Any = None
+
+
+def prepare_parent_watch() -> None:
+    """Load ``prctl`` once, in the fork server, so that each worker need not."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
+
+
 def _watch_parent(parent: int, pdeathsig: bool) -> None:
     """End this worker soon after its parent (the fork server) is gone."""
-    try:
-        if not pdeathsig:
-            raise OSError("the parent's thread that started us may end before it")
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
+    if pdeathsig:
+        prepare_parent_watch()
+    if pdeathsig and _prctl:
         PR_SET_PDEATHSIG = 1
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+        if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
             if os.getppid() != parent:  # died before prctl took effect
                 os._exit(1)
             return
-    except (OSError, AttributeError):
-        pass
 
     def poll() -> None:  # elsewhere: a watchdog thread
         while os.getppid() == parent:

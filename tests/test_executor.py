@@ -137,11 +137,17 @@ def _wait_for(predicate, timeout=10.0, interval=0.02):
         time.sleep(interval)
 
 
+def _all_ready(ex):
+    workers = list(ex._pool.workers.values())
+    return len(workers) == ex._max_workers and all(w.ready and w.pid for w in workers)
+
+
 def _two_worker_pids(ex):
-    """The executor's two live worker pids, once both are known (starts the manager)."""
+    """The executor's two worker pids, once both workers are ready (starts the manager)."""
     ex.submit(_identity, 0).result(timeout=30)
-    pids = _wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids))
-    assert pids, f"workers never all reported: {ex.worker_pids}"
+    assert _wait_for(lambda: _all_ready(ex), timeout=30), "the workers never got ready"
+    pids = set(ex.worker_pids)
+    assert len(pids) == 2, pids
     return pids
 
 
@@ -535,7 +541,12 @@ def test_functions_and_classes_of_main_including_ones_defined_after_the_executor
     ], out.stderr
 
 
-def test_instances_of_main_classes_come_back_as_the_parents_class():
+@pytest.mark.xfail(not cowmp.FALLBACK, strict=True, reason=(
+    "fork mode: a worker pickles instances of __main__'s classes with an empty snapshot, "
+    "so the class goes by value and the parent gets a copy of it: isinstance() fails and "
+    "`except MainError` does not catch the worker's exception"))
+@pytest.mark.timeout(120)
+def test_instances_and_exceptions_of_main_classes_are_the_parents_classes():
     out = run_script("""
         import cowmp
 
@@ -543,16 +554,28 @@ def test_instances_of_main_classes_come_back_as_the_parents_class():
             def __init__(self, x):
                 self.x = x
 
+        class MainError(Exception):
+            pass
+
         def make_point(x):
             return Point(x)
+
+        def fail():
+            raise MainError("from the worker")
 
         if __name__ == "__main__":
             with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
                 p = ex.submit(make_point, 5).result(30)
-                print(type(p) is Point, isinstance(p, Point))
+                print("point", type(p) is Point, isinstance(p, Point), p.x)
+                try:
+                    ex.submit(fail).result(30)
+                except MainError as error:
+                    print("caught", error)
+                except Exception as error:
+                    print("not caught:", type(error), type(error) is MainError)
     """, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True"]
+    assert out.stdout.splitlines() == ["point True True 5", "caught from the worker"]
 
 
 @pytest.mark.timeout(60)
@@ -761,8 +784,10 @@ def test_max_tasks_per_child_with_map_results_correct_and_pids_change():
     "tasks, however many tasks that chunk holds: it runs more than max_tasks_per_child"))
 @pytest.mark.timeout(60)
 def test_max_tasks_per_child_bounds_the_tasks_of_a_worker_in_a_map():
+    # the executor counts a map chunk as its tasks (not as one task, as the stdlib does)
     with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=10) as ex:
-        results = list(ex.map(_pid_square, range(100)))
+        results = list(ex.map(_pid_square, range(40), chunksize=4))
+    assert [value for _, value in results] == [i * i for i in range(40)]
     per_pid = collections.Counter(pid for pid, _ in results)
     assert max(per_pid.values()) <= 10, sorted(per_pid.values())
 
@@ -781,7 +806,10 @@ def test_workers_are_children_of_the_fork_server_not_of_the_parent():
         ppids = {f.result(timeout=30) for f in [ex.submit(_ppid) for _ in range(10)]}
         assert ppids == {server}
         for pid in ex.worker_pids:
-            assert psutil.Process(pid).ppid() == server
+            try:
+                assert psutil.Process(pid).ppid() == server
+            except psutil.NoSuchProcess:
+                pass  # a worker that just retired
 
 
 @pytest.mark.skipif(not cowmp.FALLBACK, reason="only without fork")
@@ -928,17 +956,54 @@ def test_object_shared_after_the_executor_was_created_goes_by_value():
 # -- progress bars -------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_progress_with_tqdm(capsys):
+@pytest.mark.timeout(120)
+def test_progress_with_tqdm():
+    # in a fresh interpreter: tqdm may leave its monitor thread behind (see below)
     pytest.importorskip("tqdm")
-    with CowProcessPoolExecutor(max_workers=2) as ex:
-        assert list(ex.map(_square, range(50), progress=True)) == [
-            i * i for i in range(50)]
-        assert list(ex.map(_square, range(20), progress={"desc": "squares"})) == [
-            i * i for i in range(20)]
-    err = capsys.readouterr().err
-    assert "50/50" in err and "cowmp" in err, err
-    assert "squares" in err and "20/20" in err, err
+    out = run_script("""
+        import cowmp
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                print(sum(ex.map(square, range(50), progress=True)))
+                print(sum(ex.map(square, range(20), progress={"desc": "squares"})))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(sum(i * i for i in range(50))),
+                                  str(sum(i * i for i in range(20)))]
+    assert "cowmp" in out.stderr and "50/50" in out.stderr, out.stderr
+    assert "squares" in out.stderr and "20/20" in out.stderr, out.stderr
+
+
+@requires_fork
+@pytest.mark.xfail(strict=True, reason=(
+    "progress=True creates a tqdm bar with its default monitor_interval: tqdm's "
+    "'tqdm_monitor' thread outlives the bar, so every executor created afterwards forks "
+    "its fork server while that thread runs (ForkWithThreadsWarning)"))
+@pytest.mark.timeout(120)
+def test_a_tqdm_progress_bar_leaves_no_thread_behind():
+    pytest.importorskip("tqdm")
+    out = run_script("""
+        import threading, warnings
+        import cowmp
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            warnings.simplefilter("error", cowmp.ForkWithThreadsWarning)
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                print(sum(ex.map(square, range(50), progress=True)))
+            print(sorted(t.name for t in threading.enumerate()))
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                print(ex.submit(square, 3).result(30))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == [
+        str(sum(i * i for i in range(50))), "['MainThread']", "9"], out.stderr[-3000:]
 
 
 @pytest.mark.timeout(60)
