@@ -45,6 +45,11 @@ PREFETCH_BYTES = 64 * 1024
 CHUNK_SECONDS = 0.05
 #: ... and pieces shorter than this only when the input runs out
 MIN_CHUNK_SECONDS = 0.005
+#: map tasks measured shorter than this run without recording each start (it would cost
+#: about as much as the task); a worker crash then reruns that chunk, recorded
+UNTRACKED_TASK_SECONDS = 20e-6
+#: tasks per worker in map's first chunks, which measure the time a task takes
+PROBE_TASKS = 8
 #: tasks read ahead of the results by map, at least (a few chunks per worker otherwise)
 READ_AHEAD_TASKS = 4096
 #: workers that die before they are ready, in a row, before the pool is declared broken
@@ -91,12 +96,13 @@ class _Job:
     future gets ``(values, errors, seconds)``, errors mapping an index to its exception)."""
 
     __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
-                 "missing", "seconds", "single", "star", "timeout", "values")
+                 "missing", "seconds", "single", "star", "timeout", "track", "values")
 
     def __init__(self, future: Future, fn: Any, args: list, kwargs: list | None,
                  single: bool, timeout: float | None, star: bool = True,
-                 fn_payload: bytes | None = None) -> None:
+                 fn_payload: bytes | None = None, track: bool = True) -> None:
         self.future = future
+        self.track = track  # record each task's start, so that a crash names its task
         self.fn = fn
         self.fn_payload = fn_payload
         self.args = args  # argument tuples, or single arguments if not star
@@ -163,14 +169,16 @@ class _Job:
 class _Piece:
     """What one message to a worker carries: some tasks of one job."""
 
-    __slots__ = ("id", "indices", "job", "payload", "strikes")
+    __slots__ = ("id", "indices", "job", "payload", "strikes", "tracked")
     _ids = itertools.count(1)
 
-    def __init__(self, job: _Job, indices: list[int], payload: bytes) -> None:
+    def __init__(self, job: _Job, indices: Any, payload: bytes, track: bool) -> None:
         self.id = next(self._ids)
         self.job = job
         self.indices = indices
-        flags = (worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
+        self.tracked = track or bool(job.timeout)
+        flags = ((worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
+                 | (worker.TRACKED if self.tracked else 0))
         function = job.fn_payload
         self.payload = b"".join((
             worker.HEADER.pack(self.id, len(indices), flags, len(function)), function,
@@ -310,7 +318,7 @@ class _Pool:
     def pickle_function(self, fn: Any) -> bytes:
         return serialize.dumps(fn, self.snapshot, f"the function {serialize.short_repr(fn)}")
 
-    def make_pieces(self, job: _Job, indices: Any) -> list[_Piece]:
+    def make_pieces(self, job: _Job, indices: Any, track: bool | None = None) -> list[_Piece]:
         """Pickle ``job``'s tasks at ``indices``; a task that cannot be pickled fails
         alone, with an error that names what could not be."""
         if job.fn_payload is None:
@@ -319,8 +327,9 @@ class _Pool:
             except serialize.TaskPicklingError as error:
                 job.fail_all(indices, error)
                 return []
+        track = job.track if track is None else track
         try:
-            return [self._piece(job, indices)]
+            return [self._piece(job, indices, track)]
         except serialize.TaskPicklingError:
             pass
         good = []
@@ -330,14 +339,14 @@ class _Pool:
                 good.append(index)
             except serialize.TaskPicklingError as error:
                 job.fail(index, error)
-        return [self._piece(job, good)] if good else []
+        return [self._piece(job, good, track)] if good else []
 
-    def _piece(self, job: _Job, indices: Any) -> _Piece:
+    def _piece(self, job: _Job, indices: Any, track: bool) -> _Piece:
         kwargs = None if job.kwargs is None else [job.kwargs[i] for i in indices]
         args = job.args if len(indices) == len(job.args) else [job.args[i] for i in indices]
         shared = serialize.holds_shared(self.snapshot, args, job.star, kwargs)
         payload = serialize.dumps((args, kwargs), self.snapshot, "the task", shared=shared)
-        return _Piece(job, indices, payload)
+        return _Piece(job, indices, payload, track)
 
     def _check_task(self, job: _Job, index: int) -> None:
         args = job.task_args(index)
@@ -554,6 +563,12 @@ class _Pool:
         for position, piece in enumerate(w.inflight):
             culprit = None
             if position == 0 and slot is not None and slot[0] == piece.id:
+                if not piece.tracked:
+                    # too short to record each task: run them again, recorded, and the
+                    # task that kills its worker again is the one that fails
+                    requeue.extend(self.make_pieces(piece.job, list(piece.indices),
+                                                    track=True))
+                    continue
                 culprit = slot[1] if slot[1] < len(piece.indices) else None
             elif position == 0 and w.ready:
                 piece.strikes += 1  # died before its first task: reading it?
@@ -755,7 +770,8 @@ class CowProcessPoolExecutor(Executor):
         run = _MapRun(self._pool, fn, iterables, chunksize, buffersize, task_timeout,
                       progress)
         run.fill()
-        return run.results(end_time)
+        # chunks of results, flattened in C: no Python frame per result
+        return itertools.chain.from_iterable(run.results(end_time))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the standard executor's: no new tasks; ``cancel_futures`` cancels those not
@@ -798,7 +814,6 @@ class _MapRun:
         self.chunks: collections.deque[Future] = collections.deque()
         self.buffered = 0
         self.per_task: float | None = None
-        self.ramp = 1
         self.fn_payload = pool.pickle_function(fn)
         self.bar = make_bar(self.total, progress) if progress else None
 
@@ -814,10 +829,8 @@ class _MapRun:
             if self.remaining is not None:
                 floor = min(int(MIN_CHUNK_SECONDS / per_task), -(-self.remaining // workers))
                 size = max(min(size, self.remaining // (workers * 4)), floor)
-        elif self.total is not None:
-            size = self.total // (workers * 32)
-        else:
-            size, self.ramp = self.ramp, self.ramp * 2
+        else:  # probing: a few tasks per worker, to measure them
+            size = PROBE_TASKS
         if self.pool.max_tasks is not None:
             size = min(size, self.pool.max_tasks)
         return max(1, size)
@@ -829,9 +842,12 @@ class _MapRun:
 
     def fill(self) -> None:
         pieces = []
-        max_chunks = 2 * self.pool.max_workers + 2
+        # until a first chunk has been measured, one probe per worker
+        probing = self.chunksize is None and self.per_task is None
+        max_chunks = self.pool.max_workers if probing else 2 * self.pool.max_workers + 2
         while not self.exhausted and (
-            len(self.chunks) < max_chunks or self.buffered < READ_AHEAD_TASKS
+            len(self.chunks) < max_chunks
+            or (not probing and self.buffered < READ_AHEAD_TASKS)
         ) and self.buffered < self.window():
             size = self.next_size()
             if self.buffersize is not None:
@@ -843,8 +859,9 @@ class _MapRun:
             if self.remaining is not None:
                 self.remaining -= len(args)
             future: Future = Future()
+            track = self.per_task is None or self.per_task >= UNTRACKED_TASK_SECONDS
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
-                       star=self.star, fn_payload=self.fn_payload)
+                       star=self.star, fn_payload=self.fn_payload, track=track)
             if self.bar is not None:
                 future.add_done_callback(self._advance)
             self.chunks.append(future)
@@ -857,7 +874,7 @@ class _MapRun:
         if not future.cancelled() and future.exception() is None:
             self.bar.update(len(future.result()[0]))
 
-    def results(self, end_time: float | None) -> Iterator[Any]:
+    def results(self, end_time: float | None) -> Iterator[list]:
         try:
             while self.chunks:
                 future = self.chunks[0]
@@ -871,12 +888,10 @@ class _MapRun:
                         0.5 * self.per_task + 0.5 * per_task)
                 self.fill()
                 if errors:
-                    for index, value in enumerate(values):
-                        if index in errors:
-                            raise errors[index]
-                        yield value
-                else:
-                    yield from values
+                    first = min(errors)
+                    yield values[:first]
+                    raise errors[first]
+                yield values
                 del values, errors
         finally:
             for future in self.chunks:

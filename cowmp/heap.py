@@ -19,9 +19,10 @@ or the ``COWMP_GC_POLICY`` environment variable):
     left to the collector as under plain fork, so a pool that is made and dropped while
     another pool runs is freed as usual.  Objects frozen alive that become cyclic garbage
     later are reclaimed at a fork when no child is alive and the heap (its allocated
-    memory blocks) has grown by a quarter since the last whole-heap collection (the parent thaws, collects everything
-    and freezes again: CPython's own amortised rule for full collections), or at once by
-    :func:`collect`.  A parent that forks thousands of times stays bounded.
+    memory blocks) has grown by a quarter since the last whole-heap collection (the
+    parent thaws, collects everything and freezes again: CPython's own amortised rule
+    for full collections), or at once by :func:`collect`.  A parent that forks
+    thousands of times stays bounded.
 ``"frozen"``
     Freeze before every fork and never collect on the parent's behalf (Instagram's
     original recipe).  Cheapest; cyclic garbage alive at a fork is never reclaimed.

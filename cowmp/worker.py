@@ -17,6 +17,7 @@ alone fails) and since when (per-task timeouts), without a message per task.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import struct
@@ -28,12 +29,15 @@ from typing import Any
 
 from . import exiting, serialize, sharing
 
-__all__ = ["HEADER", "SLOT_FIELDS", "STAR", "TIMED", "run_worker"]
+__all__ = ["HEADER", "SLOT_FIELDS", "STAR", "TIMED", "TRACKED", "UNTRACKED", "run_worker"]
 
 #: piece id, number of tasks, flags, size of the pickled function that follows
 HEADER = struct.Struct("!qIBI")
-#: flags: tasks are argument tuples (else single arguments); tasks have a timeout
-STAR, TIMED = 1, 2
+#: flags: tasks are argument tuples (else single arguments); tasks have a timeout; record
+#: each task's index before it runs (else only the piece: its tasks are too short)
+STAR, TIMED, TRACKED = 1, 2, 4
+#: the index recorded for a piece whose tasks are not recorded one by one
+UNTRACKED = -1
 
 #: progress array fields per slot: piece id, index in the piece, start time (monotonic)
 SLOT_FIELDS = 3
@@ -115,6 +119,21 @@ def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int) -> tuple[lis
             start = index + 1
 
 
+def _run_untracked(fn: Any, arg_list: list, star: int) -> tuple[list, dict]:
+    """Tasks too short to record one by one: ``map`` runs them at C speed.  A task that
+    raises is still known exactly: the results before it are in ``values``."""
+    values: list = []
+    errors: dict = {}
+    tasks = itertools.starmap(fn, arg_list) if star else map(fn, arg_list)
+    while True:
+        try:
+            values.extend(tasks)
+            return values, errors
+        except BaseException as error:  # noqa: BLE001 - reported to the caller
+            errors[len(values)] = serialize.wrap_exception(error)
+            values.append(None)
+
+
 def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
                  slots: Any, index_at: int, start_at: int) -> tuple[list, dict]:
     values: list = []
@@ -186,9 +205,11 @@ def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
                 continue
             # the parent reads id, index, start: written start first, id last
             slots[start_at] = time.monotonic()
-            slots[index_at] = 0
+            slots[index_at] = 0 if flags & TRACKED else UNTRACKED
             slots[id_at] = piece_id
-            if flags & (TIMED | STAR):
+            if not flags & TRACKED and kwarg_dicts is None:
+                values, errors = _run_untracked(fn, arg_list, flags & STAR)
+            elif flags & (TIMED | STAR):
                 values, errors = _run_general(fn, arg_list, kwarg_dicts, flags, slots,
                                               index_at, start_at)
             else:

@@ -359,14 +359,14 @@ def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_is_idle():
         _two_worker_pids(ex)
         time.sleep(0.2)
         started = time.monotonic()
-        long = ex.submit(_sleep_return, 3.0, "long")
+        long = ex.submit(_sleep_return, 2.0, "long")
         medium = ex.submit(_sleep_return, 0.2, "medium")
         short = ex.submit(_sleep_return, 0.01, "short")
         assert short.result(timeout=30) == "short"
         elapsed = time.monotonic() - started
         assert medium.result(timeout=30) == "medium"
         # the stdlib's executor runs it on the worker that finished "medium": ~0.2 s
-        assert elapsed < 1.5, f"the short task finished after {elapsed:.2f} s"
+        assert elapsed < 1.0, f"the short task finished after {elapsed:.2f} s"
         assert long.result(timeout=30) == "long"
 
 
@@ -500,9 +500,6 @@ def test_functions_and_classes_of_main_including_ones_defined_after_the_executor
         def early(x):
             return ("early", x)
 
-        def redefined():
-            return "old"
-
         class Point:
             def __init__(self, x):
                 self.x = x
@@ -517,12 +514,8 @@ def test_functions_and_classes_of_main_including_ones_defined_after_the_executor
                 def late(x):
                     return ("late", x * SCALE)
 
-                def redefined():
-                    return "new"
-
                 print(ex.submit(early, 1).result(30))
                 print(ex.submit(late, 2).result(30))
-                print(ex.submit(redefined).result(30))
                 print(list(ex.map(late, range(3))))
                 print(ex.submit(lambda: Point(7).x).result(30))
                 p = ex.submit(make_point, 5).result(30)
@@ -533,12 +526,35 @@ def test_functions_and_classes_of_main_including_ones_defined_after_the_executor
     assert out.stdout.splitlines() == [
         "('early', 1)",
         "('late', 20)",
-        "new",
         "[('late', 0), ('late', 10), ('late', 20)]",
         "7",
         "Point 5",
         "done",
     ], out.stderr
+
+
+@pytest.mark.xfail(cowmp.FALLBACK, strict=True, reason=(
+    "fallback mode: a __main__ function is sent by name and the worker's re-imported "
+    "__main__ has the script's first definition of that name, which runs instead of the "
+    "function passed (fork mode runs the function passed)"))
+@pytest.mark.timeout(120)
+def test_a_main_function_redefined_after_the_executor_runs_its_new_definition():
+    out = run_script("""
+        import cowmp
+
+        def redefined():
+            return "old"
+
+        if __name__ == "__main__":
+            with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
+                def redefined():
+                    return "new"
+
+                print(ex.submit(redefined).result(30))
+                print(list(ex.map(lambda f: f(), [redefined])))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["new", "['new']"]
 
 
 @pytest.mark.xfail(not cowmp.FALLBACK, strict=True, reason=(
@@ -648,12 +664,12 @@ def test_schedule_with_a_timeout():
     with CowProcessPoolExecutor(max_workers=2) as ex:
         late = ex.schedule(_sleep_return, (20, "late"), timeout=0.5)
         quick = ex.schedule(_add, (1,), {"b": 2}, timeout=5)
-        untimed = ex.schedule(_sleep_return, (0.8, "untimed"))
+        untimed = ex.schedule(_sleep_return, (0.6, "untimed"))
         assert quick.result(timeout=30) == 3
         assert isinstance(late.exception(timeout=30), TimeoutError)
         assert untimed.result(timeout=30) == "untimed"
         # submit() has no timeout without the executor's task_timeout
-        assert ex.submit(_sleep_return, 0.8, "slow").result(timeout=30) == "slow"
+        assert ex.submit(_sleep_return, 0.6, "slow").result(timeout=30) == "slow"
 
 
 @pytest.mark.timeout(60)
@@ -746,13 +762,13 @@ def test_several_crashes_in_one_map_with_chunks():
 
 @pytest.mark.timeout(60)
 def test_no_zombies_after_crashes_timeouts_and_retirements():
-    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=3) as ex:
+    with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=4) as ex:
         for task in (_kill_self, _exit_3):
             assert isinstance(ex.submit(task).exception(timeout=30), cowmp.WorkerDiedError)
         late = ex.schedule(_sleep_return, (20,), timeout=0.3)
         assert isinstance(late.exception(timeout=30), TimeoutError)
-        assert [f.result(timeout=30) for f in [ex.submit(_square, i) for i in range(10)]] \
-            == [i * i for i in range(10)]
+        assert [f.result(timeout=30) for f in [ex.submit(_square, i) for i in range(6)]] \
+            == [i * i for i in range(6)]
         assert _wait_for(lambda: not _zombies(), timeout=3), _zombies()
         assert ex.submit(_square, 2).result(timeout=30) == 4
 
@@ -764,19 +780,19 @@ def test_no_zombies_after_crashes_timeouts_and_retirements():
 def test_max_tasks_per_child_replaces_workers():
     with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=3) as ex:
         results = [f.result(timeout=30) for f in [ex.submit(_pid_square, i)
-                                                  for i in range(20)]]
-    assert [value for _, value in results] == [i * i for i in range(20)]
+                                                  for i in range(12)]]
+    assert [value for _, value in results] == [i * i for i in range(12)]
     per_pid = collections.Counter(pid for pid, _ in results)
-    assert len(per_pid) >= 7, per_pid
+    assert len(per_pid) >= 4, per_pid
     assert max(per_pid.values()) <= 3, per_pid
 
 
 @pytest.mark.timeout(60)
 def test_max_tasks_per_child_with_map_results_correct_and_pids_change():
     with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=10) as ex:
-        results = list(ex.map(_pid_square, range(100)))
-    assert [value for _, value in results] == [i * i for i in range(100)]
-    assert len({pid for pid, _ in results}) >= 6
+        results = list(ex.map(_pid_square, range(40)))
+    assert [value for _, value in results] == [i * i for i in range(40)]
+    assert len({pid for pid, _ in results}) >= 4
 
 
 @pytest.mark.xfail(strict=True, reason=(
