@@ -19,7 +19,7 @@ from . import compat as _compat
 from .context import FALLBACK, CowForkContext, CowForkProcess
 from .context import Process as Process
 from .context import default_context as _default
-from .executor import CowProcessPoolExecutor, WorkerDiedError
+from .executor import CowProcessPoolExecutor, TaskTimeoutError, WorkerDiedError
 from .exiting import exit
 from .forking import ForkWithThreadsWarning, fork, install_fork_hooks
 from .heap import GC_POLICIES, collect, get_gc_policy, set_gc_policy
@@ -89,6 +89,7 @@ __all__ = [
     "ForkWithThreadsWarning",
     "RemoteTraceback",
     "TaskPicklingError",
+    "TaskTimeoutError",
     "WorkerDiedError",
     "collect",
     "exit",

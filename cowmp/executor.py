@@ -26,6 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as futures_TimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import connection, sharedctypes
 from typing import Any
@@ -37,7 +38,7 @@ from .launcher import ProcessLauncher
 from .progress import make_bar
 from .zygote import ForkServer
 
-__all__ = ["CowProcessPoolExecutor", "WorkerDiedError"]
+__all__ = ["CowProcessPoolExecutor", "TaskTimeoutError", "WorkerDiedError"]
 
 #: a worker gets a second piece before it finishes the first only if it is this small
 PREFETCH_BYTES = 64 * 1024
@@ -73,6 +74,17 @@ class WorkerDiedError(BrokenProcessPool):
         self.exitcode = exitcode
 
 
+class TaskTimeoutError(*(  # type: ignore[misc]
+    (futures_TimeoutError,) if futures_TimeoutError is TimeoutError
+    else (futures_TimeoutError, TimeoutError)
+)):
+    """A task ran past its timeout; its worker was killed and replaced.
+
+    Both :class:`TimeoutError` and :class:`concurrent.futures.TimeoutError` (distinct
+    classes on Python 3.10, one since 3.11).
+    """
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "with an unknown status"
@@ -96,13 +108,17 @@ class _Job:
     future gets ``(values, errors, seconds)``, errors mapping an index to its exception)."""
 
     __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
-                 "missing", "seconds", "single", "star", "timeout", "track", "values")
+                 "missing", "prefetch", "seconds", "single", "star", "timeout", "track",
+                 "values")
 
     def __init__(self, future: Future, fn: Any, args: list, kwargs: list | None,
                  single: bool, timeout: float | None, star: bool = True,
                  fn_payload: bytes | None = None, track: bool = True) -> None:
         self.future = future
         self.track = track  # record each task's start, so that a crash names its task
+        # may wait in a busy worker's connection: only chunks known to be short, else a
+        # task could wait behind a long one while another worker is idle
+        self.prefetch = False
         self.fn = fn
         self.fn_payload = fn_payload
         self.args = args  # argument tuples, or single arguments if not star
@@ -249,7 +265,7 @@ class _Waiter:
             self.selector.unregister(self.registered.pop(obj))
         for obj in objects:
             if obj not in self.registered:
-                fd = obj if isinstance(obj, int) else obj.fileno()
+                fd = int(obj) if isinstance(obj, int) else obj.fileno()
                 self.selector.register(fd, selectors.EVENT_READ, obj)
                 self.registered[obj] = fd
         return [key.data for key, _ in self.selector.select(timeout)]
@@ -380,12 +396,15 @@ class _Pool:
         with self.lock:
             self.shutdown_requested = True
             if cancel_futures:
+                running = []  # partly sent already (a requeued rest): must still run
                 while True:
                     try:
                         piece = self.queue.popleft()
                     except IndexError:
                         break
-                    piece.job.future.cancel()
+                    if not piece.job.future.cancel() and not piece.job.future.done():
+                        running.append(piece)
+                self.queue.extend(running)
             thread = self.thread
             if thread is None:
                 self.thread = threading.current_thread()  # nobody else starts one
@@ -456,12 +475,15 @@ class _Pool:
         for depth in (1, 2) if all_ready else (1,):
             for w in list(self.workers.values()):
                 while self.queue and self.can_take(w, depth):
+                    head = self.queue[0]
+                    if depth > 1 and (len(head.payload) > PREFETCH_BYTES
+                                      or not head.job.prefetch):
+                        break
                     piece = self.queue.popleft()
                     if not piece.job.claim():
                         continue  # cancelled while queued
-                    if depth > 1 and len(piece.payload) > PREFETCH_BYTES:
-                        self.queue.appendleft(piece)
-                        break
+                    if self.max_tasks is not None:
+                        piece = self.fit_quota(piece, self.max_tasks - w.assigned)
                     try:
                         w.conn.send_bytes(piece.payload)
                     except OSError:
@@ -470,6 +492,17 @@ class _Pool:
                         break
                     w.inflight.append(piece)
                     w.assigned += len(piece.indices)
+
+    def fit_quota(self, piece: _Piece, room: int) -> _Piece:
+        """A worker replaced after ``max_tasks_per_child`` tasks takes no more than that:
+        the rest of a larger piece goes back to the queue."""
+        if len(piece.indices) <= room:
+            return piece
+        indices = list(piece.indices)
+        head = self.make_pieces(piece.job, indices[:room], track=piece.tracked)
+        self.queue.extendleft(reversed(
+            self.make_pieces(piece.job, indices[room:], track=piece.tracked)))
+        return head[0]
 
     def can_take(self, w: _Worker, depth: int) -> bool:
         if not w.ready or w.conn is None or w.retiring or w.kill_reason:
@@ -589,7 +622,7 @@ class _Pool:
         job = piece.job
         task = _describe_task(job.fn, job.task_args(piece.indices[culprit]))
         if w.kill_reason is not None and w.kill_reason[:2] == (piece.id, culprit):
-            return TimeoutError(
+            return TaskTimeoutError(
                 f"task {task} ran past its timeout of {w.kill_reason[2]:g} s; its worker "
                 f"(pid {w.pid}) was stopped and replaced")
         return WorkerDiedError(
@@ -770,8 +803,7 @@ class CowProcessPoolExecutor(Executor):
         run = _MapRun(self._pool, fn, iterables, chunksize, buffersize, task_timeout,
                       progress)
         run.fill()
-        # chunks of results, flattened in C: no Python frame per result
-        return itertools.chain.from_iterable(run.results(end_time))
+        return _MapIterator.over(run, end_time)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the standard executor's: no new tasks; ``cancel_futures`` cancels those not
@@ -787,6 +819,26 @@ class CowProcessPoolExecutor(Executor):
     def fork_server_pid(self) -> int | None:
         """The fork server's process id (None where workers are not forked)."""
         return self._pool.launcher.pid
+
+
+class _MapIterator(itertools.chain):
+    """map's results: chunks of results flattened in C (no Python frame per result),
+    with ``close()`` as a generator has (stops reading input, cancels what is queued)."""
+
+    _run: _MapRun
+    _chunks: Iterator[list]
+
+    @classmethod
+    def over(cls, run: _MapRun, end_time: float | None) -> _MapIterator:
+        chunks = run.results(end_time)
+        iterator = cls.from_iterable(chunks)
+        iterator._run = run
+        iterator._chunks = chunks
+        return iterator
+
+    def close(self) -> None:
+        self._run.current.clear()  # the rest of the chunk being handed over
+        self._chunks.close()  # type: ignore[attr-defined]
 
 
 def _length(iterables: tuple) -> int | None:
@@ -814,6 +866,7 @@ class _MapRun:
         self.chunks: collections.deque[Future] = collections.deque()
         self.buffered = 0
         self.per_task: float | None = None
+        self.current: list = []  # the results being handed over
         self.fn_payload = pool.pickle_function(fn)
         self.bar = make_bar(self.total, progress) if progress else None
 
@@ -862,6 +915,7 @@ class _MapRun:
             track = self.per_task is None or self.per_task >= UNTRACKED_TASK_SECONDS
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
                        star=self.star, fn_payload=self.fn_payload, track=track)
+            job.prefetch = self.per_task is not None and self.timeout is None
             if self.bar is not None:
                 future.add_done_callback(self._advance)
             self.chunks.append(future)
@@ -881,18 +935,25 @@ class _MapRun:
                 remaining = None if end_time is None else end_time - time.monotonic()
                 values, errors, seconds = future.result(remaining)
                 self.chunks.popleft()
-                self.buffered -= len(values)
                 if seconds > 0:
                     per_task = seconds / len(values)
                     self.per_task = per_task if self.per_task is None else (
                         0.5 * self.per_task + 0.5 * per_task)
-                self.fill()
+                count = len(values)
+                if self.buffersize is None:  # read on while these are consumed
+                    self.buffered -= count
+                    self.fill()
                 if errors:
                     first = min(errors)
-                    yield values[:first]
+                    self.current = values[:first]
+                    yield self.current
                     raise errors[first]
+                self.current = values
                 yield values
                 del values, errors
+                if self.buffersize is not None:  # consumed: now read further
+                    self.buffered -= count
+                    self.fill()
         finally:
             for future in self.chunks:
                 future.cancel()

@@ -26,7 +26,20 @@ def _worker_entry(conn: Any, slot: int, progress: Any, parent: int, setup: bytes
     # script is the re-imported module's own (its globals are those the tasks see)
     initializer, initargs = serialize.loads(setup)
     worker.run_worker(conn, slot, progress, parent, initializer, initargs, max_tasks,
-                      pdeathsig=False)
+                      forked=False)
+
+
+class _Sentinel(int):
+    """A process's sentinel, equal only to itself: its fd number is reused once it is
+    closed, and a selector must not take the next process's for it."""
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
 
 
 class ProcessLauncher:
@@ -38,7 +51,7 @@ class ProcessLauncher:
                                      serialize.Snapshot.take(by_reference=False),
                                      "the initializer and its arguments")
         self.max_tasks = max_tasks
-        self.processes: dict[int, Any] = {}  # sentinel -> process
+        self.processes: dict[_Sentinel, Any] = {}
         self.pending: collections.deque[tuple] = collections.deque()
         self.pid = None
 
@@ -54,7 +67,7 @@ class ProcessLauncher:
             process.start()
         finally:
             theirs.close()
-        self.processes[process.sentinel] = process
+        self.processes[_Sentinel(process.sentinel)] = process
         self.pending.append(("spawned", slot, process.pid))
         return ours
 

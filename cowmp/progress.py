@@ -57,4 +57,14 @@ def make_bar(total: int | None, progress: Any) -> Any:
     except ImportError:
         return PlainBar(total, desc=options.get("desc", "cowmp"), file=options.get("file"))
     options.setdefault("desc", "cowmp")
-    return tqdm(total=total, **options)
+    return _quiet_tqdm(tqdm)(total=total, **options)
+
+
+def _quiet_tqdm(tqdm: type) -> type:
+    """tqdm without its monitor thread, which would outlive the bar: a process that
+    forks afterwards (the next executor's fork server) must not have threads."""
+
+    class Bar(tqdm):  # type: ignore[misc, valid-type]
+        monitor_interval = 0
+
+    return Bar

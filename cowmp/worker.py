@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import exiting, serialize, sharing
+from . import exiting, serialize
 
 __all__ = ["HEADER", "SLOT_FIELDS", "STAR", "TIMED", "TRACKED", "UNTRACKED", "run_worker"]
 
@@ -58,11 +58,13 @@ def prepare_parent_watch() -> None:
             _prctl = False
 
 
-def _watch_parent(parent: int, pdeathsig: bool) -> None:
-    """End this worker soon after its parent (the fork server) is gone."""
-    if pdeathsig:
+def _watch_parent(parent: int, forked: bool) -> None:
+    """End this worker soon after its parent is gone.  A worker of the fork server asks
+    the kernel (Linux); a spawned one polls, since the parent's thread that started it
+    may end before the parent does (the kernel's signal follows that thread)."""
+    if forked:
         prepare_parent_watch()
-    if pdeathsig and _prctl:
+    if forked and _prctl:
         PR_SET_PDEATHSIG = 1
         if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
             if os.getppid() != parent:  # died before prctl took effect
@@ -159,14 +161,16 @@ def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
 
 def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
                initializer: Callable[..., object] | None, initargs: tuple,
-               max_tasks: int | None, *, pdeathsig: bool = True) -> None:
+               max_tasks: int | None, *, forked: bool = True) -> None:
     """The worker's main loop; never returns (leaves through :func:`exiting.leave`)."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
         if parent is not None:
-            _watch_parent(parent, pdeathsig)
-        snapshot = serialize.Snapshot(sharing.shared_objects(), {})
+            _watch_parent(parent, forked)
+        # results go back by reference to what the parent had when the fork server was
+        # made (shared objects, __main__'s classes); a spawned worker names __main__'s
+        snapshot = serialize.Snapshot.take(by_reference=forked)
         if initializer is not None:
             try:
                 initializer(*initargs)

@@ -351,9 +351,6 @@ def test_wait_and_as_completed_work_on_its_futures():
         assert len(completed) == 5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a task is prefetched to a worker that is running a long task, and waits there "
-    "behind it although another worker is idle (head-of-line blocking)"))
 @pytest.mark.timeout(60)
 def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_is_idle():
     with CowProcessPoolExecutor(max_workers=2) as ex:
@@ -445,9 +442,6 @@ def test_map_is_lazy_on_an_infinite_iterable():
         assert ex.submit(_square, 3).result(timeout=30) == 9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "map() returns itertools.chain.from_iterable(...), which has no close(): the "
-    "standard map returns a generator that can be closed to drop the rest of the work"))
 @pytest.mark.timeout(60)
 def test_map_result_is_a_generator_that_can_be_closed():
     with CowProcessPoolExecutor(max_workers=2) as ex:
@@ -459,10 +453,6 @@ def test_map_result_is_a_generator_that_can_be_closed():
         assert ex.submit(_square, 3).result(timeout=30) == 9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "buffersize bounds the tasks buffered by the map, but a chunk stops counting as "
-    "soon as its results arrive, before they are yielded: the input is read further "
-    "ahead of the results than buffersize (documented: 'at most buffersize tasks')"))
 @pytest.mark.timeout(60)
 def test_map_buffersize_bounds_how_far_the_input_is_read_ahead():
     consumed = []
@@ -558,10 +548,10 @@ def test_functions_and_classes_of_main_including_ones_defined_after_the_executor
     ], out.stderr
 
 
-@pytest.mark.xfail(cowmp.FALLBACK, strict=True, reason=(
-    "fallback mode: a __main__ function is sent by name and the worker's re-imported "
-    "__main__ has the script's first definition of that name, which runs instead of the "
-    "function passed (fork mode runs the function passed)"))
+@pytest.mark.skipif(cowmp.FALLBACK, reason=(
+    "spawned workers import the main script again, as multiprocessing's spawn does: "
+    "a __main__ function is sent by name and the script's own definition runs "
+    "(documented); this test is about fork mode"))
 @pytest.mark.timeout(120)
 def test_a_main_function_redefined_after_the_executor_runs_its_new_definition():
     out = run_script("""
@@ -582,10 +572,6 @@ def test_a_main_function_redefined_after_the_executor_runs_its_new_definition():
     assert out.stdout.splitlines() == ["new", "['new']"]
 
 
-@pytest.mark.xfail(not cowmp.FALLBACK, strict=True, reason=(
-    "fork mode: a worker pickles instances of __main__'s classes with an empty snapshot, "
-    "so the class goes by value and the parent gets a copy of it: isinstance() fails and "
-    "`except MainError` does not catch the worker's exception"))
 @pytest.mark.timeout(120)
 def test_instances_and_exceptions_of_main_classes_are_the_parents_classes():
     out = run_script("""
@@ -785,14 +771,6 @@ def test_several_crashes_among_submitted_tasks_fail_exactly_those_tasks():
                    if i + 1 not in failed)
 
 
-_STALE_SENTINEL = (
-    "fallback mode: the manager's persistent selector keys process sentinels by fd number; "
-    "a dead worker's sentinel fd is closed and its number reused for the replacement's "
-    "sentinel, which is then never watched: that worker's death is noticed only after "
-    "STATUS_WAIT (5 s), reported 'with an unknown status', and it stays a zombie")
-
-
-@pytest.mark.xfail(cowmp.FALLBACK, strict=True, reason=_STALE_SENTINEL)
 @pytest.mark.timeout(60)
 def test_repeated_crashes_are_each_reported_promptly_and_leave_no_zombie():
     with CowProcessPoolExecutor(max_workers=2) as ex:
@@ -807,10 +785,6 @@ def test_repeated_crashes_are_each_reported_promptly_and_leave_no_zombie():
         assert ex.submit(_square, 2).result(timeout=30) == 4
 
 
-@pytest.mark.skipif(cowmp.FALLBACK, reason=(
-    "fails there now and then (fd layout) for the bug that "
-    "test_repeated_crashes_are_each_reported_promptly_and_leave_no_zombie shows; "
-    "remove this skip when that test passes"))
 @pytest.mark.timeout(60)
 def test_no_zombies_after_crashes_timeouts_and_retirements():
     with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=4) as ex:
@@ -846,9 +820,6 @@ def test_max_tasks_per_child_with_map_results_correct_and_pids_change():
     assert len({pid for pid, _ in results}) >= 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a worker is given another map chunk while it has run fewer than max_tasks_per_child "
-    "tasks, however many tasks that chunk holds: it runs more than max_tasks_per_child"))
 @pytest.mark.timeout(60)
 def test_max_tasks_per_child_bounds_the_tasks_of_a_worker_in_a_map():
     # the executor counts a map chunk as its tasks (not as one task, as the stdlib does)
@@ -1050,10 +1021,6 @@ def test_progress_with_tqdm():
 
 
 @requires_fork
-@pytest.mark.xfail(strict=True, reason=(
-    "progress=True creates a tqdm bar with its default monitor_interval: tqdm's "
-    "'tqdm_monitor' thread outlives the bar, so every executor created afterwards forks "
-    "its fork server while that thread runs (ForkWithThreadsWarning)"))
 @pytest.mark.timeout(120)
 def test_a_tqdm_progress_bar_leaves_no_thread_behind():
     pytest.importorskip("tqdm")
