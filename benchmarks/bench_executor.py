@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -136,33 +135,19 @@ def child(library: str, mode: str, tasks: int, workers: int) -> None:
 
 
 def measure(library: str, mode: str, tasks: int, workers: int) -> dict:
-    code = (f"import sys; sys.path[:0] = {PATH!r}; import bench_executor; "
-            f"bench_executor.child({library!r}, {mode!r}, {tasks}, {workers})")
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"FAILED: {LIBRARIES[library]} ({mode}) took more than {TIMEOUT} s")
-    if out.returncode != 0:
-        sys.exit(f"FAILED: {LIBRARIES[library]} ({mode}), exit code {out.returncode}:\n"
-                 f"{out.stderr}{out.stdout}")
-    for line in out.stderr.splitlines():
-        print(f"    ({library}, {mode}) stderr: {line}")
-    return json.loads(out.stdout.splitlines()[-1])
+    from _common import run_child
+
+    return run_child(PATH, "bench_executor",
+                     f"child({library!r}, {mode!r}, {tasks}, {workers})",
+                     f"{LIBRARIES[library]} ({mode})", TIMEOUT)
 
 
 def check_cowmp() -> str:
     """Fail clearly if this checkout's cowmp has no executor; return where cowmp is."""
-    sys.path[:0] = PATH
-    try:
-        import cowmp
-    except ImportError as error:
-        sys.exit(f"FAILED: cannot import cowmp: {error}")
-    if not hasattr(cowmp, "CowProcessPoolExecutor"):
-        sys.exit(f"FAILED: cowmp.CowProcessPoolExecutor does not exist (cowmp imported from "
-                 f"{os.path.dirname(cowmp.__file__)}); leave 'cowmp' out with --only to "
-                 f"measure the peers alone")
-    return os.path.dirname(cowmp.__file__)
+    sys.path[:0] = [HERE]
+    from _common import check_cowmp
+
+    return check_cowmp(PATH, "; leave 'cowmp' out with --only to measure the peers alone")
 
 
 def main() -> None:

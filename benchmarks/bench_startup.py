@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -112,31 +111,18 @@ def child(kind: str, gib: float, workers: int) -> None:
 
 
 def measure(kind: str, gib: float, workers: int) -> dict:
-    code = (f"import sys; sys.path[:0] = {PATH!r}; import bench_startup; "
-            f"bench_startup.child({kind!r}, {gib!r}, {workers})")
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"FAILED: {KINDS[kind]} took more than {TIMEOUT} s")
-    if out.returncode != 0:
-        sys.exit(f"FAILED: {KINDS[kind]}, exit code {out.returncode}:\n{out.stderr}{out.stdout}")
-    for line in out.stderr.splitlines():
-        print(f"    ({kind}) stderr: {line}")
-    return json.loads(out.stdout.splitlines()[-1])
+    from _common import run_child
+
+    return run_child(PATH, "bench_startup", f"child({kind!r}, {gib!r}, {workers})",
+                     KINDS[kind], TIMEOUT)
 
 
 def check_cowmp() -> str:
     """Fail clearly if this checkout's cowmp has no executor; return where cowmp is."""
-    sys.path[:0] = PATH
-    try:
-        import cowmp
-    except ImportError as error:
-        sys.exit(f"FAILED: cannot import cowmp: {error}")
-    if not hasattr(cowmp, "CowProcessPoolExecutor"):
-        sys.exit(f"FAILED: cowmp.CowProcessPoolExecutor does not exist (cowmp imported from "
-                 f"{os.path.dirname(cowmp.__file__)})")
-    return os.path.dirname(cowmp.__file__)
+    sys.path[:0] = [HERE]
+    from _common import check_cowmp
+
+    return check_cowmp(PATH, "")
 
 
 def main() -> None:

@@ -70,26 +70,23 @@ def _persistent_id(snapshot: Snapshot, obj: object) -> int | None:
     return key if snapshot.shared.get(key, _MISSING) is obj else None
 
 
-class _SharingPickler(pickle.Pickler):
+class _Sharing:
+    """Pickler mixin: shared objects of the snapshot go by reference."""
+
+    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
+        super().__init__(file, PROTOCOL)  # type: ignore[call-arg]
+        self._snapshot = snapshot
+
+    def persistent_id(self, obj: object) -> int | None:  # noqa: D102
+        return _persistent_id(self._snapshot, obj)
+
+
+class _SharingPickler(_Sharing, pickle.Pickler):
     """The fast path: the C pickler, shared objects by reference."""
 
-    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
-        super().__init__(file, PROTOCOL)
-        self._snapshot = snapshot
 
-    def persistent_id(self, obj: object) -> int | None:  # noqa: D102
-        return _persistent_id(self._snapshot, obj)
-
-
-class _CloudPickler(cloudpickle.Pickler):
+class _CloudPickler(_Sharing, cloudpickle.Pickler):
     """By value what cannot go by reference; the fork server's ``__main__`` by reference."""
-
-    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
-        super().__init__(file, PROTOCOL)
-        self._snapshot = snapshot
-
-    def persistent_id(self, obj: object) -> int | None:  # noqa: D102
-        return _persistent_id(self._snapshot, obj)
 
     def reducer_override(self, obj: Any) -> Any:  # noqa: D102
         if getattr(obj, "__module__", None) == "__main__" and isinstance(

@@ -998,17 +998,22 @@ def test_object_shared_after_the_executor_was_created_goes_by_value():
 # -- progress bars -------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
-def test_progress_with_tqdm():
-    # in a fresh interpreter: tqdm may leave its monitor thread behind (see below)
-    pytest.importorskip("tqdm")
-    out = run_script("""
+# a script's head: squares in a main block (its body follows, indented as here)
+_SQUARES_MAIN = """
+        import threading, warnings
         import cowmp
 
         def square(x):
             return x * x
 
-        if __name__ == "__main__":
+        if __name__ == "__main__":"""
+
+
+@pytest.mark.timeout(120)
+def test_progress_with_tqdm():
+    # in a fresh interpreter: tqdm may leave its monitor thread behind (see below)
+    pytest.importorskip("tqdm")
+    out = run_script(_SQUARES_MAIN + """
             with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
                 print(sum(ex.map(square, range(50), progress=True)))
                 print(sum(ex.map(square, range(20), progress={"desc": "squares"})))
@@ -1024,14 +1029,7 @@ def test_progress_with_tqdm():
 @pytest.mark.timeout(120)
 def test_a_tqdm_progress_bar_leaves_no_thread_behind():
     pytest.importorskip("tqdm")
-    out = run_script("""
-        import threading, warnings
-        import cowmp
-
-        def square(x):
-            return x * x
-
-        if __name__ == "__main__":
+    out = run_script(_SQUARES_MAIN + """
             warnings.simplefilter("error", cowmp.ForkWithThreadsWarning)
             with cowmp.CowProcessPoolExecutor(max_workers=2) as ex:
                 print(sum(ex.map(square, range(50), progress=True)))
