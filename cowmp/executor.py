@@ -293,6 +293,7 @@ class _Pool:
         self.workers: dict[int, _Worker] = {}
         self.startup_failures = 0
         self.waiter = _Waiter()
+        self.waiting = False  # the manager is (about to be) blocked waiting
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -384,7 +385,8 @@ class _Pool:
                 self.thread = threading.Thread(target=self.run, name="cowmp-executor",
                                                daemon=True)
                 self.thread.start()
-        self.wake()
+        if self.waiting:  # else the manager sees the queue before it waits again
+            self.wake()
 
     def wake(self) -> None:
         try:
@@ -431,16 +433,23 @@ class _Pool:
                 self.dispatch()
                 if self.finished():
                     break
-                waitables = [self.wake_r, *self.launcher.waitables()]
-                waitables.extend(w.conn for w in self.workers.values() if w.conn)
+                launcher_waitables = self.launcher.waitables()
+                by_conn = {w.conn: w for w in self.workers.values() if w.conn}
+                waitables = [self.wake_r, *launcher_waitables, *by_conn]
+                queued = len(self.queue)
+                self.waiting = True  # from now on, enqueue() wakes us
+                if len(self.queue) != queued:  # work came in meanwhile: no wait
+                    self.waiting = False
+                    continue
                 ready = self.waiter.wait(waitables, self.next_wakeup())
+                self.waiting = False
                 for obj in ready:
                     if obj is self.wake_r:
                         self.drain_wakeups()
-                    elif obj in self.launcher.waitables():
+                    elif obj in by_conn:
+                        self.worker_message(by_conn[obj])
+                    elif obj in launcher_waitables:
                         self.launcher_event(obj)
-                    else:
-                        self.worker_message(obj)
                 while self.launcher.has_event():
                     self.handle_event(self.launcher.read_event())
                 self.check_deadlines()
@@ -511,8 +520,10 @@ class _Pool:
             return False
         return len(w.inflight) < depth
 
-    def worker_message(self, conn: Any) -> None:
-        w = next(w for w in self.workers.values() if w.conn is conn)
+    def worker_message(self, w: _Worker) -> None:
+        conn = w.conn
+        if conn is None:  # closed by an earlier event of this round
+            return
         try:
             message = serialize.loads(conn.recv_bytes())
         except (EOFError, OSError):
