@@ -294,6 +294,8 @@ class _Pool:
         self.startup_failures = 0
         self.waiter = _Waiter()
         self.waiting = False  # the manager is (about to be) blocked waiting
+        # measured seconds per task, by pickled function, for map's chunk sizes
+        self.task_seconds: dict[bytes, float] = {}
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -331,6 +333,11 @@ class _Pool:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def remember_task_seconds(self, fn_payload: bytes, seconds: float) -> None:
+        if len(self.task_seconds) >= 64 and fn_payload not in self.task_seconds:
+            self.task_seconds.pop(next(iter(self.task_seconds)))  # the oldest
+        self.task_seconds[fn_payload] = seconds
 
     def pickle_function(self, fn: Any) -> bytes:
         return serialize.dumps(fn, self.snapshot, f"the function {serialize.short_repr(fn)}")
@@ -876,9 +883,10 @@ class _MapRun:
         self.exhausted = False
         self.chunks: collections.deque[Future] = collections.deque()
         self.buffered = 0
-        self.per_task: float | None = None
-        self.current: list = []  # the results being handed over
         self.fn_payload = pool.pickle_function(fn)
+        # what this function's tasks took in the previous map (no probe needed then)
+        self.per_task: float | None = pool.task_seconds.get(self.fn_payload)
+        self.current: list = []  # the results being handed over
         self.bar = make_bar(self.total, progress) if progress else None
 
     def next_size(self) -> int:
@@ -950,6 +958,7 @@ class _MapRun:
                     per_task = seconds / len(values)
                     self.per_task = per_task if self.per_task is None else (
                         0.5 * self.per_task + 0.5 * per_task)
+                    self.pool.remember_task_seconds(self.fn_payload, self.per_task)
                 count = len(values)
                 if self.buffersize is None:  # read on while these are consumed
                     self.buffered -= count
