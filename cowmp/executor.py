@@ -32,6 +32,7 @@ from multiprocessing import connection, sharedctypes
 from typing import Any
 
 from . import serialize, worker
+from .channel import Channel
 from .context import _cowfork_context as cowfork_context
 from .context import is_forking_cowfork
 from .launcher import ProcessLauncher
@@ -40,12 +41,15 @@ from .zygote import ForkServer
 
 __all__ = ["CowProcessPoolExecutor", "TaskTimeoutError", "WorkerDiedError"]
 
-#: a worker gets a second piece before it finishes the first only if it is this small
-PREFETCH_BYTES = 64 * 1024
 #: automatic chunking aims at pieces that take about this long in a worker
 CHUNK_SECONDS = 0.05
 #: ... and pieces shorter than this only when the input runs out
-MIN_CHUNK_SECONDS = 0.005
+MIN_CHUNK_SECONDS = 0.002
+#: pieces a busy worker may have waiting behind the one it runs (map chunks known to be
+#: short only), and at most this many bytes and expected seconds of them
+PREFETCH_PIECES = 16
+PREFETCH_BYTES = 64 * 1024
+PREFETCH_SECONDS = 1.5 * CHUNK_SECONDS
 #: map tasks measured shorter than this run without recording each start (it would cost
 #: about as much as the task); a worker crash then reruns that chunk, recorded
 UNTRACKED_TASK_SECONDS = 20e-6
@@ -105,20 +109,16 @@ def _describe_task(fn: Any, args: tuple) -> str:
 
 class _Job:
     """One ``submit()`` (``single``: its future gets the value) or one map chunk (its
-    future gets ``(values, errors, seconds)``, errors mapping an index to its exception)."""
+    future gets ``(values, errors)``, errors mapping an index to its exception)."""
 
     __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
-                 "missing", "prefetch", "seconds", "single", "star", "timeout", "track",
-                 "values")
+                 "missing", "run", "single", "star", "timeout", "values")
 
     def __init__(self, future: Future, fn: Any, args: list, kwargs: list | None,
                  single: bool, timeout: float | None, star: bool = True,
-                 fn_payload: bytes | None = None, track: bool = True) -> None:
+                 fn_payload: bytes | None = None, run: _MapRun | None = None) -> None:
         self.future = future
-        self.track = track  # record each task's start, so that a crash names its task
-        # may wait in a busy worker's connection: only chunks known to be short, else a
-        # task could wait behind a long one while another worker is idle
-        self.prefetch = False
+        self.run = run  # the map this chunk belongs to, which measures its tasks
         self.fn = fn
         self.fn_payload = fn_payload
         self.args = args  # argument tuples, or single arguments if not star
@@ -126,15 +126,30 @@ class _Job:
         self.single = single
         self.star = star
         self.timeout = timeout
-        self.values: list = [None] * len(args)
+        self.values: list | None = None  # made when a first piece is settled
         self.errors: dict[int, BaseException] = {}
         self.missing = len(args)
-        self.seconds = 0.0
         self.claimed = False
 
     def task_args(self, index: int) -> tuple:
         args = self.args[index]
         return args if self.star else (args,)
+
+    def tracking(self) -> bool:
+        """Record each task's start, so that a crash names its task?  Not for map tasks
+        measured too short (it would cost about as much as the task)."""
+        per_task = None if self.run is None else self.run.per_task
+        return per_task is None or per_task >= UNTRACKED_TASK_SECONDS or bool(self.timeout)
+
+    def estimate(self, tasks: int) -> float:
+        """Seconds that many of its tasks are expected to take (0 if unknown)."""
+        per_task = None if self.run is None else self.run.per_task
+        return 0.0 if per_task is None else per_task * tasks
+
+    def prefetchable(self) -> bool:
+        """May wait in a busy worker's connection?  Only map chunks known to be short
+        (else a task could wait behind a long one while another worker is idle)."""
+        return self.run is not None and self.run.per_task is not None and not self.timeout
 
     def claim(self) -> bool:
         """Mark the future running when its first piece is sent; False if cancelled."""
@@ -145,17 +160,24 @@ class _Job:
 
     def settle_piece(self, indices: Any, values: list, errors: dict, seconds: float) -> None:
         """The outcomes of the tasks at ``indices`` (errors by position in the piece)."""
-        self.seconds += seconds
-        if self.missing == len(self.values) == len(values):
+        if self.run is not None and seconds > 0:
+            self.run.measure(seconds, len(values))
+        if self.values is None and len(values) == len(self.args):  # type: ignore[arg-type]
             self.values = values  # the whole job in one piece: no copy
         else:
+            mine = self.all_values()
             for index, value in zip(indices, values, strict=True):
-                self.values[index] = value
+                mine[index] = value
         for position, error in errors.items():
             self.errors[indices[position]] = error
         self.missing -= len(indices)
         if not self.missing:
             self.finish()
+
+    def all_values(self) -> list:
+        if self.values is None:
+            self.values = [None] * len(self.args)  # type: ignore[arg-type]
+        return self.values
 
     def fail(self, index: int, error: BaseException) -> None:
         self.errors[index] = error
@@ -172,9 +194,9 @@ class _Job:
             if self.errors:
                 self.future.set_exception(self.errors[0])
             else:
-                self.future.set_result(self.values[0])
+                self.future.set_result(self.all_values()[0])
         else:
-            self.future.set_result((self.values, self.errors, self.seconds))
+            self.future.set_result((self.all_values(), self.errors))
         self.fn = self.args = self.kwargs = self.fn_payload = None
 
     def fail_all(self, indices: Any, error: BaseException) -> None:
@@ -183,28 +205,38 @@ class _Job:
 
 
 class _Piece:
-    """What one message to a worker carries: some tasks of one job."""
+    """What one message to a worker carries: some tasks of one job.  The manager thread
+    pickles it (``payload``) just before it sends it, so that no thread waits for another
+    one to pickle its work."""
 
-    __slots__ = ("id", "indices", "job", "payload", "strikes", "tracked")
+    __slots__ = ("estimate", "id", "indices", "job", "payload", "strikes", "track",
+                 "tracked")
     _ids = itertools.count(1)
 
-    def __init__(self, job: _Job, indices: Any, payload: bytes, track: bool) -> None:
+    def __init__(self, job: _Job, indices: Any, track: bool = False) -> None:
         self.id = next(self._ids)
         self.job = job
         self.indices = indices
-        self.tracked = track or bool(job.timeout)
+        self.track = track  # record each task's start even if the job would not
+        self.tracked = False  # decided when it is pickled
+        self.payload: bytes | None = None
+        self.estimate = 0.0  # seconds it is expected to take, when it is sent
+        self.strikes = 0
+
+    def set_payload(self, tasks: bytes) -> None:
+        job = self.job
+        self.tracked = self.track or job.tracking()
         flags = ((worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
                  | (worker.TRACKED if self.tracked else 0))
         function = job.fn_payload
         self.payload = b"".join((
-            worker.HEADER.pack(self.id, len(indices), flags, len(function)), function,
-            payload))
-        self.strikes = 0
+            worker.HEADER.pack(self.id, len(self.indices), flags, len(function)),
+            function, tasks))
 
 
 class _Worker:
-    __slots__ = ("assigned", "conn", "exitcode", "eof_at", "inflight", "kill_reason",
-                 "pid", "ready", "retiring", "slot")
+    __slots__ = ("assigned", "conn", "exitcode", "eof_at", "inflight", "inflight_bytes",
+                 "inflight_seconds", "kill_reason", "pid", "ready", "retiring", "slot")
 
     def __init__(self, slot: int, conn: Any) -> None:
         self.slot = slot
@@ -213,10 +245,32 @@ class _Worker:
         self.ready = False
         self.retiring = False
         self.inflight: collections.deque[_Piece] = collections.deque()
+        self.inflight_bytes = 0  # of their payloads
+        self.inflight_seconds = 0.0  # of their estimates
         self.assigned = 0
         self.exitcode: int | None = None
         self.eof_at: float | None = None
         self.kill_reason: tuple | None = None  # (piece id, index, timeout) of a timeout
+
+    def add(self, piece: _Piece) -> None:
+        piece.estimate = piece.job.estimate(len(piece.indices))
+        self.inflight.append(piece)
+        self.inflight_bytes += len(piece.payload)  # type: ignore[arg-type]
+        self.inflight_seconds += piece.estimate
+        self.assigned += len(piece.indices)
+
+    def done(self) -> _Piece:
+        piece = self.inflight.popleft()
+        self.inflight_bytes -= len(piece.payload)  # type: ignore[arg-type]
+        self.inflight_seconds -= piece.estimate
+        return piece
+
+    def prefetched(self) -> tuple[int, int, float]:
+        """Pieces waiting behind the running one: how many, their bytes and seconds."""
+        running = self.inflight[0]
+        return (len(self.inflight) - 1,
+                self.inflight_bytes - len(running.payload),  # type: ignore[arg-type]
+                self.inflight_seconds - running.estimate)
 
 
 _live_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
@@ -294,8 +348,8 @@ class _Pool:
         self.startup_failures = 0
         self.waiter = _Waiter()
         self.waiting = False  # the manager is (about to be) blocked waiting
-        # measured seconds per task, by pickled function, for map's chunk sizes
-        self.task_seconds: dict[bytes, float] = {}
+        # measured (seconds, tasks), decayed, by pickled function, for map's chunk sizes
+        self.task_seconds: dict[bytes, tuple[float, float]] = {}
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -334,7 +388,7 @@ class _Pool:
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def remember_task_seconds(self, fn_payload: bytes, seconds: float) -> None:
+    def remember_task_seconds(self, fn_payload: bytes, seconds: tuple[float, float]) -> None:
         if len(self.task_seconds) >= 64 and fn_payload not in self.task_seconds:
             self.task_seconds.pop(next(iter(self.task_seconds)))  # the oldest
         self.task_seconds[fn_payload] = seconds
@@ -342,35 +396,43 @@ class _Pool:
     def pickle_function(self, fn: Any) -> bytes:
         return serialize.dumps(fn, self.snapshot, f"the function {serialize.short_repr(fn)}")
 
-    def make_pieces(self, job: _Job, indices: Any, track: bool | None = None) -> list[_Piece]:
-        """Pickle ``job``'s tasks at ``indices``; a task that cannot be pickled fails
-        alone, with an error that names what could not be."""
+    def encode(self, piece: _Piece) -> bool:
+        """Pickle ``piece`` (in the manager thread); a task that cannot be pickled fails
+        alone, with an error that names what could not be.  False if no task is left."""
+        job = piece.job
         if job.fn_payload is None:
             try:
                 job.fn_payload = self.pickle_function(job.fn)
             except serialize.TaskPicklingError as error:
-                job.fail_all(indices, error)
-                return []
-        track = job.track if track is None else track
+                job.fail_all(piece.indices, error)
+                return False
         try:
-            return [self._piece(job, indices, track)]
+            piece.set_payload(self._pickle_tasks(job, piece.indices))
+            return True
         except serialize.TaskPicklingError:
             pass
         good = []
-        for index in indices:
+        for index in piece.indices:
             try:
                 self._check_task(job, index)
                 good.append(index)
             except serialize.TaskPicklingError as error:
                 job.fail(index, error)
-        return [self._piece(job, good, track)] if good else []
+        if not good:
+            return False
+        piece.indices = good
+        try:
+            piece.set_payload(self._pickle_tasks(job, good))
+        except serialize.TaskPicklingError as error:  # only together: all fail
+            job.fail_all(good, error)
+            return False
+        return True
 
-    def _piece(self, job: _Job, indices: Any, track: bool) -> _Piece:
+    def _pickle_tasks(self, job: _Job, indices: Any) -> bytes:
         kwargs = None if job.kwargs is None else [job.kwargs[i] for i in indices]
         args = job.args if len(indices) == len(job.args) else [job.args[i] for i in indices]
         shared = serialize.holds_shared(self.snapshot, args, job.star, kwargs)
-        payload = serialize.dumps((args, kwargs), self.snapshot, "the task", shared=shared)
-        return _Piece(job, indices, payload, track)
+        return serialize.dumps((args, kwargs), self.snapshot, "the task", shared=shared)
 
     def _check_task(self, job: _Job, index: int) -> None:
         args = job.task_args(index)
@@ -441,7 +503,7 @@ class _Pool:
                 if self.finished():
                     break
                 launcher_waitables = self.launcher.waitables()
-                by_conn = {w.conn: w for w in self.workers.values() if w.conn}
+                by_conn = {w.conn.conn: w for w in self.workers.values() if w.conn}
                 waitables = [self.wake_r, *launcher_waitables, *by_conn]
                 queued = len(self.queue)
                 self.waiting = True  # from now on, enqueue() wakes us
@@ -480,59 +542,86 @@ class _Pool:
             pass
 
     def spawn(self, slot: int) -> None:
-        self.workers[slot] = _Worker(slot, self.launcher.spawn(slot))
+        self.workers[slot] = _Worker(slot, Channel(self.launcher.spawn(slot)))
 
     def dispatch(self) -> None:
+        """Send queued pieces: first one to each idle worker, then more to busy ones
+        (prefetch, only when every worker is up: one still starting would otherwise find
+        the work taken).  A worker's pieces go in one write."""
         if self.broken or not self.queue:
             return
-        # a second piece to a busy worker only when every worker is up: one that is
-        # still starting would otherwise find the work taken
-        all_ready = all(w.ready for w in self.workers.values())
-        for depth in (1, 2) if all_ready else (1,):
-            for w in list(self.workers.values()):
-                while self.queue and self.can_take(w, depth):
-                    head = self.queue[0]
-                    if depth > 1 and (len(head.payload) > PREFETCH_BYTES
-                                      or not head.job.prefetch):
-                        break
-                    piece = self.queue.popleft()
-                    if not piece.job.claim():
-                        continue  # cancelled while queued
-                    if self.max_tasks is not None:
-                        piece = self.fit_quota(piece, self.max_tasks - w.assigned)
-                    try:
-                        w.conn.send_bytes(piece.payload)
-                    except OSError:
-                        self.queue.appendleft(piece)  # it is dying: we hear of it soon
-                        w.retiring = True
-                        break
-                    w.inflight.append(piece)
-                    w.assigned += len(piece.indices)
+        workers = list(self.workers.values())
+        batches: dict[_Worker, list[bytes]] = {}
+        for w in workers:
+            if not w.inflight and self.can_take(w):
+                self.give(w, batches, prefetch=False)
+        if self.queue and all(w.ready for w in workers):
+            for w in workers:
+                if w.inflight and self.can_take(w) and self.prefetch_low(w):
+                    while self.give(w, batches, prefetch=True):
+                        pass
+        for w, payloads in batches.items():
+            try:
+                w.conn.send(payloads)
+            except OSError:
+                w.retiring = True  # it is dying: its pieces are recovered when it is gone
 
-    def fit_quota(self, piece: _Piece, room: int) -> _Piece:
+    def give(self, w: _Worker, batches: dict[_Worker, list[bytes]], prefetch: bool) -> bool:
+        """Move the queue's next piece to ``w`` (its payload into ``batches``); False if
+        there is none that ``w`` may take now."""
+        while self.queue and self.can_take(w):
+            piece = self.queue[0]
+            if prefetch and not piece.job.prefetchable():
+                return False
+            if not piece.job.claim():
+                self.queue.popleft()
+                continue  # cancelled while queued
+            if self.max_tasks is not None:
+                self.fit_quota(piece, self.max_tasks - w.assigned)
+            if piece.payload is None and not self.encode(piece):
+                self.queue.popleft()
+                continue  # none of its tasks could be pickled
+            if prefetch and not self.prefetch_room(w, piece):
+                return False
+            self.queue.popleft()
+            w.add(piece)
+            batches.setdefault(w, []).append(piece.payload)
+            return True
+        return False
+
+    def prefetch_low(self, w: _Worker) -> bool:
+        """Top a worker up only when half its prefetch is used: a write per few pieces."""
+        count, size, seconds = w.prefetched()
+        return (count <= PREFETCH_PIECES // 2 and size <= PREFETCH_BYTES // 2
+                and seconds <= PREFETCH_SECONDS / 2)
+
+    def prefetch_room(self, w: _Worker, piece: _Piece) -> bool:
+        count, size, seconds = w.prefetched()
+        return (count < PREFETCH_PIECES
+                and size + len(piece.payload) <= PREFETCH_BYTES  # type: ignore[arg-type]
+                and seconds + piece.job.estimate(len(piece.indices)) <= PREFETCH_SECONDS)
+
+    def fit_quota(self, piece: _Piece, room: int) -> None:
         """A worker replaced after ``max_tasks_per_child`` tasks takes no more than that:
-        the rest of a larger piece goes back to the queue."""
+        the rest of a larger piece (the head of the queue) goes back behind it."""
         if len(piece.indices) <= room:
-            return piece
+            return
         indices = list(piece.indices)
-        head = self.make_pieces(piece.job, indices[:room], track=piece.tracked)
-        self.queue.extendleft(reversed(
-            self.make_pieces(piece.job, indices[room:], track=piece.tracked)))
-        return head[0]
+        self.queue.insert(1, _Piece(piece.job, indices[room:], piece.track))
+        piece.indices = indices[:room]
+        piece.payload = None
 
-    def can_take(self, w: _Worker, depth: int) -> bool:
+    def can_take(self, w: _Worker) -> bool:
         if not w.ready or w.conn is None or w.retiring or w.kill_reason:
             return False
-        if self.max_tasks is not None and w.assigned >= self.max_tasks:
-            return False
-        return len(w.inflight) < depth
+        return self.max_tasks is None or w.assigned < self.max_tasks
 
     def worker_message(self, w: _Worker) -> None:
         conn = w.conn
         if conn is None:  # closed by an earlier event of this round
             return
         try:
-            message = serialize.loads(conn.recv_bytes())
+            messages = conn.receive()
         except (EOFError, OSError):
             conn.close()
             w.conn = None
@@ -540,10 +629,14 @@ class _Pool:
             if w.exitcode is not None:
                 self.worker_ended(w)
             return
+        for data in messages:
+            self.handle_message(w, serialize.loads(data))
+
+    def handle_message(self, w: _Worker, message: tuple) -> None:
         kind = message[0]
         if kind == "done":
             _, piece_id, values, errors, seconds, retiring = message
-            piece = w.inflight.popleft()
+            piece = w.done()
             assert piece.id == piece_id, (piece.id, piece_id)
             piece.job.settle_piece(piece.indices, values, errors, seconds)
             w.retiring = w.retiring or retiring
@@ -611,17 +704,20 @@ class _Pool:
         """A worker died: its running task fails, the rest of its work is requeued."""
         requeue: list[_Piece] = []
         slot = self.read_slot(w.slot)
+        # the piece it was running; those before it were done, their outcomes not yet
+        # sent (they run again), those after it had not started
+        running = next((position for position, piece in enumerate(w.inflight)
+                        if slot is not None and slot[0] == piece.id), None)
         for position, piece in enumerate(w.inflight):
             culprit = None
-            if position == 0 and slot is not None and slot[0] == piece.id:
+            if position == running:
                 if not piece.tracked:
                     # too short to record each task: run them again, recorded, and the
                     # task that kills its worker again is the one that fails
-                    requeue.extend(self.make_pieces(piece.job, list(piece.indices),
-                                                    track=True))
+                    requeue.append(_Piece(piece.job, list(piece.indices), track=True))
                     continue
                 culprit = slot[1] if slot[1] < len(piece.indices) else None
-            elif position == 0 and w.ready:
+            elif running is None and position == 0 and w.ready:
                 piece.strikes += 1  # died before its first task: reading it?
                 if piece.strikes >= 2:
                     culprit = 0
@@ -632,7 +728,7 @@ class _Pool:
             piece.job.fail(index, self.death_error(w, piece, culprit))
             rest = [*piece.indices[:culprit], *piece.indices[culprit + 1:]]
             if rest:
-                requeue.extend(self.make_pieces(piece.job, rest))
+                requeue.append(_Piece(piece.job, rest))
         w.inflight.clear()
         self.queue.extendleft(reversed(requeue))
 
@@ -791,9 +887,7 @@ class CowProcessPoolExecutor(Executor):
         future: Future = Future()
         job = _Job(future, fn, [tuple(args)], [dict(kwargs)] if kwargs else None,
                    single=True, timeout=timeout)
-        pieces = pool.make_pieces(job, range(1))
-        if pieces:
-            pool.enqueue(pieces)
+        pool.enqueue([_Piece(job, range(1))])
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
@@ -884,10 +978,28 @@ class _MapRun:
         self.chunks: collections.deque[Future] = collections.deque()
         self.buffered = 0
         self.fn_payload = pool.pickle_function(fn)
-        # what this function's tasks took in the previous map (no probe needed then)
-        self.per_task: float | None = pool.task_seconds.get(self.fn_payload)
+        # what this function's tasks took, the previous map's included (no probe needed
+        # then): seconds and tasks, both decayed by half at every chunk, so that a chunk
+        # weighs as many tasks as it has (small chunks, whose fixed costs make their
+        # tasks look longer, weigh little)
+        self.measured = pool.task_seconds.get(self.fn_payload, (0.0, 0.0))
+        if self.measured[1] < PROBE_TASKS:  # too few tasks to tell
+            self.measured = (0.0, 0.0)
+        self.per_task: float | None = None
+        self.update_per_task()
         self.current: list = []  # the results being handed over
         self.bar = make_bar(self.total, progress) if progress else None
+
+    def update_per_task(self) -> None:
+        seconds, tasks = self.measured
+        if tasks >= PROBE_TASKS:  # else the fixed costs of a first call dominate
+            self.per_task = seconds / tasks
+
+    def measure(self, seconds: float, tasks: int) -> None:
+        """A chunk's tasks kept a worker busy ``seconds`` (called by the manager)."""
+        self.measured = (0.5 * self.measured[0] + seconds, 0.5 * self.measured[1] + tasks)
+        self.update_per_task()
+        self.pool.remember_task_seconds(self.fn_payload, self.measured)
 
     def next_size(self) -> int:
         if self.chunksize is not None:
@@ -899,8 +1011,8 @@ class _MapRun:
             # guided: at most a quarter of each worker's share of what is left, but not
             # so small that the messages cost more than the work
             if self.remaining is not None:
-                floor = min(int(MIN_CHUNK_SECONDS / per_task), -(-self.remaining // workers))
-                size = max(min(size, self.remaining // (workers * 4)), floor)
+                size = max(min(size, self.remaining // (workers * 4)),
+                           int(MIN_CHUNK_SECONDS / per_task))
         else:  # probing: a few tasks per worker, to measure them
             size = PROBE_TASKS
         if self.pool.max_tasks is not None:
@@ -916,7 +1028,7 @@ class _MapRun:
         pieces = []
         # until a first chunk has been measured, one probe per worker
         probing = self.chunksize is None and self.per_task is None
-        max_chunks = self.pool.max_workers if probing else 2 * self.pool.max_workers + 2
+        max_chunks = self.pool.max_workers * (1 if probing else PREFETCH_PIECES + 2)
         while not self.exhausted and (
             len(self.chunks) < max_chunks
             or (not probing and self.buffered < READ_AHEAD_TASKS)
@@ -931,15 +1043,13 @@ class _MapRun:
             if self.remaining is not None:
                 self.remaining -= len(args)
             future: Future = Future()
-            track = self.per_task is None or self.per_task >= UNTRACKED_TASK_SECONDS
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
-                       star=self.star, fn_payload=self.fn_payload, track=track)
-            job.prefetch = self.per_task is not None and self.timeout is None
+                       star=self.star, fn_payload=self.fn_payload, run=self)
             if self.bar is not None:
                 future.add_done_callback(self._advance)
             self.chunks.append(future)
             self.buffered += len(args)
-            pieces.extend(self.pool.make_pieces(job, range(len(args))))
+            pieces.append(_Piece(job, range(len(args))))
         if pieces:
             self.pool.enqueue(pieces)
 
@@ -952,13 +1062,8 @@ class _MapRun:
             while self.chunks:
                 future = self.chunks[0]
                 remaining = None if end_time is None else end_time - time.monotonic()
-                values, errors, seconds = future.result(remaining)
+                values, errors = future.result(remaining)
                 self.chunks.popleft()
-                if seconds > 0:
-                    per_task = seconds / len(values)
-                    self.per_task = per_task if self.per_task is None else (
-                        0.5 * self.per_task + 0.5 * per_task)
-                    self.pool.remember_task_seconds(self.fn_payload, self.per_task)
                 count = len(values)
                 if self.buffersize is None:  # read on while these are consumed
                     self.buffered -= count

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import exiting, serialize
+from .channel import Channel
 
 __all__ = ["HEADER", "SLOT_FIELDS", "STAR", "TIMED", "TRACKED", "UNTRACKED", "run_worker"]
 
@@ -38,6 +39,10 @@ HEADER = struct.Struct("!qIBI")
 STAR, TIMED, TRACKED = 1, 2, 4
 #: the index recorded for a piece whose tasks are not recorded one by one
 UNTRACKED = -1
+
+#: outcomes held back while more pieces wait to run: at most this many, this long
+HOLD_PIECES = 16
+HOLD_SECONDS = 0.01
 
 #: progress array fields per slot: piece id, index in the piece, start time (monotonic)
 SLOT_FIELDS = 3
@@ -79,12 +84,66 @@ def _watch_parent(parent: int, forked: bool) -> None:
     threading.Thread(target=poll, name="cowmp-parent-watch", daemon=True).start()
 
 
-def _send(conn: Any, message: tuple, snapshot: serialize.Snapshot) -> None:
-    conn.send_bytes(serialize.dumps(message, snapshot, "message"))
+class _BusyClock:
+    """Seconds a piece kept its worker busy: wall-clock time less the time the worker
+    waited for a CPU (Linux's schedstat run delay), so that a crowded machine does not
+    make tasks look longer than they are and map's chunks too small.  Time a task spends
+    blocked (I/O, sleep) counts as busy.  Wall-clock time where schedstat is missing."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def now(self) -> tuple[float, int]:
+        """A mark: (monotonic time, nanoseconds waited for a CPU so far; -1 unknown)."""
+        wall = time.monotonic()
+        if self.fd is not None:
+            try:
+                return wall, int(os.pread(self.fd, 64, 0).split()[1])
+            except (OSError, ValueError, IndexError):
+                self.fd = None
+        return wall, -1
+
+    def since(self, mark: tuple[float, int]) -> float:
+        wall, waited = self.now()
+        if waited < 0 or mark[1] < 0:
+            return wall - mark[0]
+        return max(0.0, wall - mark[0] - (waited - mark[1]) / 1e9)
 
 
-def _send_outcomes(conn: Any, piece_id: int, values: list, errors: dict, seconds: float,
-                   retiring: bool, snapshot: serialize.Snapshot) -> None:
+class _Outbox:
+    """Outcomes of finished pieces, sent together: while another piece has already
+    arrived to run, they wait (at most :data:`HOLD_PIECES` pieces and
+    :data:`HOLD_SECONDS`), so that the parent is woken once for several pieces.  Nothing
+    waits when no piece is ready to run: the worker sends before it blocks."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.messages: list[bytes] = []
+        self.since = 0.0
+
+    def add(self, data: bytes) -> None:
+        if not self.messages:
+            self.since = time.monotonic()
+        self.messages.append(data)
+        if (not self.channel.pending() or len(self.messages) >= HOLD_PIECES
+                or time.monotonic() - self.since >= HOLD_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.messages:
+            messages, self.messages = self.messages, []
+            self.channel.send(messages)
+
+
+def _send(channel: Channel, message: tuple, snapshot: serialize.Snapshot) -> None:
+    channel.send([serialize.dumps(message, snapshot, "message")])
+
+
+def _outcomes(piece_id: int, values: list, errors: dict, seconds: float, retiring: bool,
+              snapshot: serialize.Snapshot) -> bytes:
     message = ("done", piece_id, values, errors, seconds, retiring)
     try:
         data = serialize.dumps(message, snapshot)
@@ -99,7 +158,7 @@ def _send_outcomes(conn: Any, piece_id: int, values: list, errors: dict, seconds
                     f"the task's result {serialize.short_repr(value)} cannot be sent "
                     f"back to the parent: {error}"))
         data = serialize.dumps(message, snapshot)
-    conn.send_bytes(data)
+    return data
 
 
 def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int) -> tuple[list, dict]:
@@ -171,61 +230,17 @@ def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
         # results go back by reference to what the parent had when the fork server was
         # made (shared objects, __main__'s classes); a spawned worker names __main__'s
         snapshot = serialize.Snapshot.take(by_reference=forked)
+        channel = Channel(conn)
         if initializer is not None:
             try:
                 initializer(*initargs)
             except BaseException as error:  # noqa: BLE001
-                _send(conn, ("init_failed", serialize.wrap_exception(error)), snapshot)
+                _send(channel, ("init_failed", serialize.wrap_exception(error)), snapshot)
                 code = 1
                 return
-        _send(conn, ("ready",), snapshot)
-        slots = memoryview(progress).cast("B").cast("d")
-        id_at = slot * SLOT_FIELDS
-        index_at, start_at = id_at + 1, id_at + 2
-        done = 0
-        last_fn: Any = None
-        last_fn_bytes: bytes | None = None
-        while True:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                return  # the executor is done with us
-            started = time.monotonic()
-            piece_id, count, flags, fn_size = HEADER.unpack_from(data)
-            try:
-                view = memoryview(data)
-                fn_bytes = view[HEADER.size:HEADER.size + fn_size]
-                if fn_bytes != last_fn_bytes:  # the same function as the last piece: reuse
-                    last_fn, last_fn_bytes = None, None
-                    last_fn = serialize.loads(fn_bytes)
-                    last_fn_bytes = bytes(fn_bytes)
-                fn = last_fn
-                arg_list, kwarg_dicts = serialize.loads(view[HEADER.size + fn_size:])
-            except BaseException as error:  # noqa: BLE001
-                # cannot even read the work: every task of the piece fails with the reason
-                wrapped = serialize.wrap_exception(error)
-                _send_outcomes(conn, piece_id, [None] * count, dict.fromkeys(
-                    range(count), wrapped), 0.0, False, snapshot)
-                continue
-            # the parent reads id, index, start: written start first, id last
-            slots[start_at] = time.monotonic()
-            slots[index_at] = 0 if flags & TRACKED else UNTRACKED
-            slots[id_at] = piece_id
-            if not flags & TRACKED and kwarg_dicts is None:
-                values, errors = _run_untracked(fn, arg_list, flags & STAR)
-            elif flags & (TIMED | STAR):
-                values, errors = _run_general(fn, arg_list, kwarg_dicts, flags, slots,
-                                              index_at, start_at)
-            else:
-                values, errors = _run_simple(fn, arg_list, slots, index_at)
-            slots[index_at] = len(arg_list)
-            done += len(arg_list)
-            retiring = max_tasks is not None and done >= max_tasks
-            _send_outcomes(conn, piece_id, values, errors, time.monotonic() - started,
-                           retiring, snapshot)
-            del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
-            if retiring:
-                return
+        _send(channel, ("ready",), snapshot)
+        _serve(channel, memoryview(progress).cast("B").cast("d"), slot * SLOT_FIELDS,
+               max_tasks, snapshot)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the executor closed our connection: it is done with us
     except BaseException:  # noqa: BLE001
@@ -238,3 +253,56 @@ def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
             conn.close()
         finally:
             exiting.leave(code)
+
+
+def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
+           snapshot: serialize.Snapshot) -> None:
+    """Run pieces until the executor closes the connection or ``max_tasks`` are done."""
+    index_at, start_at = id_at + 1, id_at + 2
+    done = 0
+    last_fn: Any = None
+    last_fn_bytes: bytes | None = None
+    clock = _BusyClock()
+    outbox = _Outbox(channel)
+    while True:
+        try:
+            data = channel.receive_one()
+        except (EOFError, OSError):
+            return  # the executor is done with us
+        piece_id, count, flags, fn_size = HEADER.unpack_from(data)
+        try:
+            view = memoryview(data)
+            fn_bytes = view[HEADER.size:HEADER.size + fn_size]
+            if fn_bytes != last_fn_bytes:  # the same function as the last piece: reuse
+                last_fn, last_fn_bytes = None, None
+                last_fn = serialize.loads(fn_bytes)
+                last_fn_bytes = bytes(fn_bytes)
+            fn = last_fn
+            arg_list, kwarg_dicts = serialize.loads(view[HEADER.size + fn_size:])
+        except BaseException as error:  # noqa: BLE001
+            # cannot even read the work: every task of the piece fails with the reason
+            wrapped = serialize.wrap_exception(error)
+            outbox.add(_outcomes(piece_id, [None] * count, dict.fromkeys(range(count), wrapped),
+                                 0.0, False, snapshot))
+            continue
+        # the parent reads id, index, start: written start first, id last
+        slots[start_at] = time.monotonic()
+        slots[index_at] = 0 if flags & TRACKED else UNTRACKED
+        slots[id_at] = piece_id
+        started = clock.now()  # the run alone: the first unpickling costs more
+        if not flags & TRACKED and kwarg_dicts is None:
+            values, errors = _run_untracked(fn, arg_list, flags & STAR)
+        elif flags & (TIMED | STAR):
+            values, errors = _run_general(fn, arg_list, kwarg_dicts, flags, slots,
+                                          index_at, start_at)
+        else:
+            values, errors = _run_simple(fn, arg_list, slots, index_at)
+        slots[index_at] = len(arg_list)
+        done += len(arg_list)
+        retiring = max_tasks is not None and done >= max_tasks
+        outbox.add(_outcomes(piece_id, values, errors, clock.since(started), retiring,
+                             snapshot))
+        del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
+        if retiring:
+            outbox.flush()
+            return
