@@ -11,9 +11,11 @@ and when every library is given chunksize=512.  The peers:
 Each measurement runs in a fresh interpreter (importing cowmp patches parts of the
 standard library, and a pool leaves threads and state behind), and the libraries are
 alternated round-robin over ``--repeat`` rounds; medians are reported.  Per measurement:
-``create`` is the constructor; ``warm-up`` one map of one item per worker, so that
-executors that start their workers lazily have started them; ``map`` (the figure compared)
-runs from the call to map until the last result is consumed with ``list(...)``;
+``create`` is the constructor; ``warm-up`` one map, chunksize=1, of one task per worker
+that sleeps 20 ms (so that each worker takes one): every worker has started and run a
+task, whether the library starts them lazily (loky, the standard executor), in the
+background (cowmp's fork server) or in the constructor (Pool); ``map`` (the figure
+compared) runs from the call to map until the last result is consumed with ``list(...)``;
 ``shutdown`` is ``shutdown(wait=True)``, ``close(); join()`` or mpire's ``terminate()``.
 mpire's default ``keep_alive=False`` restarts its workers at every map, so its map figure
 includes starting them.  The function mapped is module-level and importable, so that it
@@ -66,8 +68,13 @@ def work(x):
     return x * 2
 
 
+def warm(x):
+    time.sleep(0.02)
+    return x
+
+
 def start(library: str, workers: int):
-    """Create the pool; return ``(run(data, chunked) -> iterable of results, shutdown())``."""
+    """Create the pool; return ``(run(fn, data, chunksize) -> results, shutdown())``."""
     if library in ("cowmp", "futures", "loky"):
         if library == "cowmp":
             import cowmp
@@ -84,8 +91,8 @@ def start(library: str, workers: int):
 
             ex = loky.get_reusable_executor(max_workers=workers)
 
-        def run(data, chunked):
-            return ex.map(work, data, chunksize=CHUNKSIZE) if chunked else ex.map(work, data)
+        def run(fn, data, chunksize):
+            return ex.map(fn, data, chunksize=chunksize) if chunksize else ex.map(fn, data)
 
         return run, lambda: ex.shutdown(wait=True)
     if library == "pool":
@@ -93,8 +100,8 @@ def start(library: str, workers: int):
 
         pool = multiprocessing.get_context("fork").Pool(workers)
 
-        def run(data, chunked):
-            return pool.map(work, data, chunksize=CHUNKSIZE) if chunked else pool.map(work, data)
+        def run(fn, data, chunksize):
+            return pool.map(fn, data, chunksize=chunksize) if chunksize else pool.map(fn, data)
 
         def shutdown():
             pool.close()
@@ -106,8 +113,8 @@ def start(library: str, workers: int):
 
         pool = mpire.WorkerPool(n_jobs=workers)
 
-        def run(data, chunked):
-            return pool.map(work, data, chunk_size=CHUNKSIZE) if chunked else pool.map(work, data)
+        def run(fn, data, chunksize):
+            return pool.map(fn, data, chunk_size=chunksize) if chunksize else pool.map(fn, data)
 
         return run, pool.terminate  # what leaving `with WorkerPool(...)` does
     raise ValueError(f"unknown library {library!r}")
@@ -115,7 +122,7 @@ def start(library: str, workers: int):
 
 def child(library: str, mode: str, tasks: int, workers: int) -> None:
     """One measurement, in a fresh interpreter: print its timings as JSON."""
-    chunked = mode == "chunk512"
+    chunksize = CHUNKSIZE if mode == "chunk512" else None
     data = list(range(tasks))
     expected = [work(x) for x in data]
     for module in IMPORTS[library]:
@@ -123,13 +130,13 @@ def child(library: str, mode: str, tasks: int, workers: int) -> None:
     t0 = time.perf_counter()
     run, shutdown = start(library, workers)
     t1 = time.perf_counter()
-    warm = list(run(list(range(workers)), chunked))
+    warmed = list(run(warm, list(range(workers)), 1))
     t2 = time.perf_counter()
-    results = list(run(data, chunked))
+    results = list(run(work, data, chunksize))
     t3 = time.perf_counter()
     shutdown()
     t4 = time.perf_counter()
-    if results != expected or warm != [work(x) for x in range(workers)]:
+    if results != expected or warmed != list(range(workers)):
         raise SystemExit(f"{library}: wrong results")
     print(json.dumps({"create": t1 - t0, "warm": t2 - t1, "map": t3 - t2, "shutdown": t4 - t3}))
 

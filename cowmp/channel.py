@@ -4,32 +4,39 @@ message that has arrived in one read.
 Messages are framed as :class:`multiprocessing.connection.Connection` frames them (a
 big-endian length before each), so either end may also be a plain ``Connection``.  On
 POSIX the channel reads and writes the connection's file descriptor itself: one system
-call moves a batch of pieces to a worker, or every result that is waiting, where a
-``Connection`` makes two calls per message (and wakes the other side for each).
-Elsewhere (Windows pipes) it falls back to the ``Connection``, a message at a time.
+call moves a batch of pieces to a worker (gathered from their parts, not copied into one
+buffer), or every result that is waiting (read into a buffer kept for the purpose, each
+message copied out once), where a ``Connection`` makes two calls per message and wakes
+the other side for each.  Elsewhere (Windows pipes) it falls back to the
+``Connection``, a message at a time.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from multiprocessing import connection
 from typing import Any
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "Message"]
+
+#: a message: bytes, or the parts it is made of, sent one after the other
+Message = bytes | Sequence[bytes]
 
 _SIZE = struct.Struct("!i")
 _LONG_SIZE = struct.Struct("!Q")
 _LONG = 0x7FFFFFFF  # longer messages: -1, then the size in 8 bytes
 _READ = 1 << 18  # bytes asked for by one read
+_MAX_PARTS = 512  # parts in one write (the system's limit is at least 1024)
 
 
-def frame(payload: bytes) -> bytes:
-    """``payload`` with the length prefix that ``Connection.recv_bytes`` expects."""
-    size = len(payload)
-    if size > _LONG:
-        return _SIZE.pack(-1) + _LONG_SIZE.pack(size) + payload
-    return _SIZE.pack(size) + payload
+def _parts(message: Message) -> Sequence[bytes]:
+    return (message,) if isinstance(message, (bytes, bytearray, memoryview)) else message
+
+
+def _header(size: int) -> bytes:
+    return _SIZE.pack(size) if size <= _LONG else _SIZE.pack(-1) + _LONG_SIZE.pack(size)
 
 
 class Channel:
@@ -39,8 +46,9 @@ class Channel:
         self.conn = conn
         self.raw = os.name == "posix" and isinstance(conn, connection.Connection)
         self.fd = conn.fileno() if self.raw else -1
-        self.buffer = bytearray()
-        self.start = 0  # where the first unread message of ``buffer`` begins
+        self.area = bytearray(_READ) if self.raw else bytearray()  # what a read fills
+        self.buffer = bytearray()  # the start of a message that has not all arrived
+        self.ready: list[bytes] = []  # whole messages read, not yet taken
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -48,84 +56,83 @@ class Channel:
     def close(self) -> None:
         self.conn.close()
 
-    def send(self, payloads: list[bytes]) -> None:
+    def send(self, messages: list[Message]) -> None:
         """Send the messages, all in one write where the connection allows."""
         if not self.raw:
-            for payload in payloads:
-                self.conn.send_bytes(payload)
+            for message in messages:
+                self.conn.send_bytes(b"".join(_parts(message)))
             return
-        data = frame(payloads[0]) if len(payloads) == 1 else b"".join(map(frame, payloads))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        vector: list[bytes] = []
+        for message in messages:
+            parts = _parts(message)
+            vector.append(_header(sum(map(len, parts))))
+            vector.extend(parts)
+        for start in range(0, len(vector), _MAX_PARTS):
+            self._write(vector[start:start + _MAX_PARTS])
+
+    def _write(self, vector: list[bytes]) -> None:
+        total = sum(map(len, vector))
+        written = os.writev(self.fd, vector)
+        if written == total:
+            return
+        rest = memoryview(b"".join(vector))[written:]  # a full socket: rare
+        while rest:
+            rest = rest[os.write(self.fd, rest):]
 
     def pending(self) -> bool:
         """Is a whole message already read, so that ``receive`` will not block?"""
-        return self._next_frame() is not None
+        return bool(self.ready)
 
     def receive(self) -> list[bytes]:
         """The messages that have arrived, at least one (blocks until one is whole);
         EOFError when the other end closed (a message cut short is dropped)."""
         if not self.raw:
             return [self.conn.recv_bytes()]
-        messages = self._parse()
-        while not messages:
-            data = os.read(self.fd, _READ)
-            if not data:
-                raise EOFError
-            self.buffer += data
-            messages = self._parse()
+        while not self.ready:
+            self._read()
+        messages, self.ready = self.ready, []
         return messages
 
     def receive_one(self) -> bytes:
         """The next message (blocks until it is whole); the rest stays buffered."""
         if not self.raw:
             return self.conn.recv_bytes()
-        while True:
-            found = self._next_frame()
-            if found is not None:
-                begin, end = found
-                self.start = end
-                message = bytes(self.buffer[begin:end])
-                self._compact()
-                return message
-            data = os.read(self.fd, _READ)
-            if not data:
-                raise EOFError
-            self.buffer += data
+        while not self.ready:
+            self._read()
+        return self.ready.pop(0) if len(self.ready) > 1 else self.ready.pop()
 
-    def _next_frame(self) -> tuple[int, int] | None:
-        buffer, start = self.buffer, self.start
-        available = len(buffer) - start
-        if available < 4:
-            return None
-        size = _SIZE.unpack_from(buffer, start)[0]
-        head = 4
-        if size == -1:
-            if available < 12:
-                return None
-            size = _LONG_SIZE.unpack_from(buffer, start + 4)[0]
-            head = 12
-        if available < head + size:
-            return None
-        return start + head, start + head + size
+    def _read(self) -> None:
+        count = os.readv(self.fd, [self.area])
+        if not count:
+            raise EOFError
+        if self.buffer:  # the rest of a message begun earlier
+            self.buffer += memoryview(self.area)[:count]
+            used = self._split(self.buffer, len(self.buffer))
+            if used:
+                del self.buffer[:used]
+        else:
+            used = self._split(self.area, count)
+            if used < count:
+                self.buffer += memoryview(self.area)[used:count]
 
-    def _parse(self) -> list[bytes]:
-        messages = []
-        while True:
-            found = self._next_frame()
-            if found is None:
-                break
-            begin, end = found
-            messages.append(bytes(self.buffer[begin:end]))
-            self.start = end
-        self._compact()
-        return messages
-
-    def _compact(self) -> None:
-        if self.start == len(self.buffer):
-            self.buffer.clear()
-            self.start = 0
-        elif self.start > _READ:
-            del self.buffer[:self.start]
-            self.start = 0
+    def _split(self, data: bytearray, end: int) -> int:
+        """Take the whole messages at the start of ``data[:end]``; return their length."""
+        ready = self.ready
+        position = 0
+        with memoryview(data) as view:
+            while True:
+                available = end - position
+                if available < 4:
+                    break
+                size = _SIZE.unpack_from(data, position)[0]
+                head = 4
+                if size == -1:
+                    if available < 12:
+                        break
+                    size = _LONG_SIZE.unpack_from(data, position + 4)[0]
+                    head = 12
+                if available < head + size:
+                    break
+                ready.append(bytes(view[position + head:position + head + size]))
+                position += head + size
+        return position

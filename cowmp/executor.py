@@ -15,6 +15,7 @@ of the context (:mod:`cowmp.launcher`): same behaviour, nothing shared.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import selectors
@@ -32,7 +33,7 @@ from multiprocessing import connection, sharedctypes
 from typing import Any
 
 from . import serialize, worker
-from .channel import Channel
+from .channel import Channel, Message
 from .context import _cowfork_context as cowfork_context
 from .context import is_forking_cowfork
 from .launcher import ProcessLauncher
@@ -112,24 +113,40 @@ class _Job:
     future gets ``(values, errors)``, errors mapping an index to its exception)."""
 
     __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
-                 "missing", "run", "single", "star", "timeout", "values")
+                 "missing", "run", "single", "size", "source", "star", "timeout", "values")
 
-    def __init__(self, future: Future, fn: Any, args: list, kwargs: list | None,
+    def __init__(self, future: Future, fn: Any, args: list | None, kwargs: list | None,
                  single: bool, timeout: float | None, star: bool = True,
-                 fn_payload: bytes | None = None, run: _MapRun | None = None) -> None:
+                 fn_payload: bytes | None = None, run: _MapRun | None = None,
+                 size: int | None = None, source: Callable[[], list] | None = None) -> None:
         self.future = future
         self.run = run  # the map this chunk belongs to, which measures its tasks
         self.fn = fn
         self.fn_payload = fn_payload
         self.args = args  # argument tuples, or single arguments if not star
+        # ... or, for a chunk of a list, tuple or range, read by the manager thread just
+        # before they are pickled (``source()``): the thread that reads them touches
+        # every object, and copies its page if the fork server shares it
+        self.source = source
+        self.size = len(args) if args is not None else size  # tasks
         self.kwargs = kwargs
         self.single = single
         self.star = star
         self.timeout = timeout
         self.values: list | None = None  # made when a first piece is settled
         self.errors: dict[int, BaseException] = {}
-        self.missing = len(args)
+        self.missing = self.size
         self.claimed = False
+
+    def materialize(self) -> None:
+        """Read the arguments from ``source``.  A sequence that shrank since the map
+        began gives fewer: the chunk ends there, as iterating it would have."""
+        if self.args is not None or self.source is None:
+            return
+        self.args = self.source()
+        self.source = None
+        if len(self.args) < self.size:
+            self.size = self.missing = len(self.args)
 
     def task_args(self, index: int) -> tuple:
         args = self.args[index]
@@ -162,7 +179,7 @@ class _Job:
         """The outcomes of the tasks at ``indices`` (errors by position in the piece)."""
         if self.run is not None and seconds > 0:
             self.run.measure(seconds, len(values))
-        if self.values is None and len(values) == len(self.args):  # type: ignore[arg-type]
+        if self.values is None and len(values) == self.size:
             self.values = values  # the whole job in one piece: no copy
         else:
             mine = self.all_values()
@@ -176,7 +193,7 @@ class _Job:
 
     def all_values(self) -> list:
         if self.values is None:
-            self.values = [None] * len(self.args)  # type: ignore[arg-type]
+            self.values = [None] * self.size
         return self.values
 
     def fail(self, index: int, error: BaseException) -> None:
@@ -197,7 +214,7 @@ class _Job:
                 self.future.set_result(self.all_values()[0])
         else:
             self.future.set_result((self.all_values(), self.errors))
-        self.fn = self.args = self.kwargs = self.fn_payload = None
+        self.fn = self.args = self.kwargs = self.fn_payload = self.source = None
 
     def fail_all(self, indices: Any, error: BaseException) -> None:
         for index in indices:
@@ -209,7 +226,7 @@ class _Piece:
     pickles it (``payload``) just before it sends it, so that no thread waits for another
     one to pickle its work."""
 
-    __slots__ = ("estimate", "id", "indices", "job", "payload", "strikes", "track",
+    __slots__ = ("estimate", "id", "indices", "job", "payload", "size", "strikes", "track",
                  "tracked")
     _ids = itertools.count(1)
 
@@ -219,7 +236,8 @@ class _Piece:
         self.indices = indices
         self.track = track  # record each task's start even if the job would not
         self.tracked = False  # decided when it is pickled
-        self.payload: bytes | None = None
+        self.payload: tuple[bytes, bytes, bytes] | None = None
+        self.size = 0  # of the payload
         self.estimate = 0.0  # seconds it is expected to take, when it is sent
         self.strikes = 0
 
@@ -229,9 +247,9 @@ class _Piece:
         flags = ((worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
                  | (worker.TRACKED if self.tracked else 0))
         function = job.fn_payload
-        self.payload = b"".join((
-            worker.HEADER.pack(self.id, len(self.indices), flags, len(function)),
-            function, tasks))
+        header = worker.HEADER.pack(self.id, len(self.indices), flags, len(function))
+        self.payload = (header, function, tasks)  # sent one after the other, not joined
+        self.size = len(header) + len(function) + len(tasks)
 
 
 class _Worker:
@@ -255,13 +273,13 @@ class _Worker:
     def add(self, piece: _Piece) -> None:
         piece.estimate = piece.job.estimate(len(piece.indices))
         self.inflight.append(piece)
-        self.inflight_bytes += len(piece.payload)  # type: ignore[arg-type]
+        self.inflight_bytes += piece.size
         self.inflight_seconds += piece.estimate
         self.assigned += len(piece.indices)
 
     def done(self) -> _Piece:
         piece = self.inflight.popleft()
-        self.inflight_bytes -= len(piece.payload)  # type: ignore[arg-type]
+        self.inflight_bytes -= piece.size
         self.inflight_seconds -= piece.estimate
         return piece
 
@@ -269,7 +287,7 @@ class _Worker:
         """Pieces waiting behind the running one: how many, their bytes and seconds."""
         running = self.inflight[0]
         return (len(self.inflight) - 1,
-                self.inflight_bytes - len(running.payload),  # type: ignore[arg-type]
+                self.inflight_bytes - running.size,
                 self.inflight_seconds - running.estimate)
 
 
@@ -336,6 +354,7 @@ class _Pool:
     def __init__(self, max_workers: int, ctx: Any, initializer: Any, initargs: tuple,
                  max_tasks: int | None, task_timeout: float | None) -> None:
         self.owner = os.getpid()
+        self.eager = initializer is None
         self.max_workers = max_workers
         self.max_tasks = max_tasks
         self.task_timeout = task_timeout
@@ -400,6 +419,14 @@ class _Pool:
         """Pickle ``piece`` (in the manager thread); a task that cannot be pickled fails
         alone, with an error that names what could not be.  False if no task is left."""
         job = piece.job
+        if job.args is None:
+            job.materialize()
+            if job.size < len(piece.indices):  # the sequence shrank
+                piece.indices = [index for index in piece.indices if index < job.size]
+                if not job.size:
+                    job.finish()
+                if not piece.indices:
+                    return False
         if job.fn_payload is None:
             try:
                 job.fn_payload = self.pickle_function(job.fn)
@@ -456,6 +483,17 @@ class _Pool:
                 self.thread.start()
         if self.waiting:  # else the manager sees the queue before it waits again
             self.wake()
+
+    def enqueue_here(self, pieces: list[_Piece]) -> None:
+        """``enqueue`` from the manager thread itself (no wake-up, no usability check:
+        work of a map already running; a broken pool fails it)."""
+        with self.lock:
+            if not self.broken:
+                self.queue.extend(pieces)
+                return
+        error = BrokenProcessPool(self.broken)
+        for piece in pieces:
+            piece.job.fail_all(piece.indices, error)
 
     def wake(self) -> None:
         try:
@@ -551,11 +589,11 @@ class _Pool:
         if self.broken or not self.queue:
             return
         workers = list(self.workers.values())
-        batches: dict[_Worker, list[bytes]] = {}
+        batches: dict[_Worker, list[Message]] = {}
         for w in workers:
             if not w.inflight and self.can_take(w):
                 self.give(w, batches, prefetch=False)
-        if self.queue and all(w.ready for w in workers):
+        if self.queue and all(self.usable(w) for w in workers):
             for w in workers:
                 if w.inflight and self.can_take(w) and self.prefetch_low(w):
                     while self.give(w, batches, prefetch=True):
@@ -566,7 +604,7 @@ class _Pool:
             except OSError:
                 w.retiring = True  # it is dying: its pieces are recovered when it is gone
 
-    def give(self, w: _Worker, batches: dict[_Worker, list[bytes]], prefetch: bool) -> bool:
+    def give(self, w: _Worker, batches: dict[_Worker, list[Message]], prefetch: bool) -> bool:
         """Move the queue's next piece to ``w`` (its payload into ``batches``); False if
         there is none that ``w`` may take now."""
         while self.queue and self.can_take(w):
@@ -598,7 +636,7 @@ class _Pool:
     def prefetch_room(self, w: _Worker, piece: _Piece) -> bool:
         count, size, seconds = w.prefetched()
         return (count < PREFETCH_PIECES
-                and size + len(piece.payload) <= PREFETCH_BYTES  # type: ignore[arg-type]
+                and size + piece.size <= PREFETCH_BYTES
                 and seconds + piece.job.estimate(len(piece.indices)) <= PREFETCH_SECONDS)
 
     def fit_quota(self, piece: _Piece, room: int) -> None:
@@ -611,8 +649,14 @@ class _Pool:
         piece.indices = indices[:room]
         piece.payload = None
 
+    def usable(self, w: _Worker) -> bool:
+        """May ``w`` be given work?  Once it is ready; or, without an initializer (its
+        start is then only a fork), as soon as it exists: its connection holds the work
+        until it reads it, and a worker that starts late is not left without any."""
+        return w.ready or self.eager
+
     def can_take(self, w: _Worker) -> bool:
-        if not w.ready or w.conn is None or w.retiring or w.kill_reason:
+        if not self.usable(w) or w.conn is None or w.retiring or w.kill_reason:
             return False
         return self.max_tasks is None or w.assigned < self.max_tasks
 
@@ -639,6 +683,8 @@ class _Pool:
             piece = w.done()
             assert piece.id == piece_id, (piece.id, piece_id)
             piece.job.settle_piece(piece.indices, values, errors, seconds)
+            if piece.job.run is not None:
+                piece.job.run.refill()
             w.retiring = w.retiring or retiring
         elif kind == "ready":
             w.ready = True
@@ -970,7 +1016,13 @@ class _MapRun:
         self.total = _length(iterables)
         self.remaining = self.total
         self.star = len(iterables) != 1
-        self.args = zip(*iterables, strict=False) if self.star else iter(iterables[0])
+        # lists, tuples and ranges are sliced by the manager thread, chunk by chunk, as
+        # it sends them; other iterables are read here, by the thread that consumes
+        self.sequences = iterables if not os.environ.get("NOSLICE") and all(
+            type(it) in (list, tuple, range) for it in iterables) else None
+        self.position = 0
+        self.args = None if self.sequences else (
+            zip(*iterables, strict=False) if self.star else iter(iterables[0]))
         self.chunksize = chunksize
         self.timeout = timeout
         self.buffersize = buffersize
@@ -988,6 +1040,8 @@ class _MapRun:
         self.per_task: float | None = None
         self.update_per_task()
         self.current: list = []  # the results being handed over
+        self.lock = threading.Lock()  # the manager thread reads sequences ahead too
+        self.closed = False
         self.bar = make_bar(self.total, progress) if progress else None
 
     def update_per_task(self) -> None:
@@ -1025,6 +1079,24 @@ class _MapRun:
         return 1 << 62  # bounded by the number of chunks below
 
     def fill(self) -> None:
+        """Read more input, if the read-ahead allows (the consuming thread)."""
+        with self.lock:
+            pieces = [] if self.closed else self.new_pieces()
+        if pieces:
+            self.pool.enqueue(pieces)
+
+    def refill(self) -> None:
+        """The same, from the manager thread as a chunk completes, for input that needs
+        no reading (lists, tuples, ranges): the workers need not wait for the consuming
+        thread to wake up and take its turn."""
+        if self.sequences is None or self.buffersize is not None:
+            return
+        with self.lock:
+            pieces = [] if self.closed else self.new_pieces()
+        if pieces:
+            self.pool.enqueue_here(pieces)
+
+    def new_pieces(self) -> list[_Piece]:
         pieces = []
         # until a first chunk has been measured, one probe per worker
         probing = self.chunksize is None and self.per_task is None
@@ -1036,22 +1108,40 @@ class _MapRun:
             size = self.next_size()
             if self.buffersize is not None:
                 size = min(size, self.buffersize - self.buffered)
-            args = list(itertools.islice(self.args, size))
-            if not args:
+            args, source, count = self.take(size)
+            if not count:
                 self.exhausted = True
                 break
             if self.remaining is not None:
-                self.remaining -= len(args)
+                self.remaining -= count
             future: Future = Future()
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
-                       star=self.star, fn_payload=self.fn_payload, run=self)
+                       star=self.star, fn_payload=self.fn_payload, run=self, size=count,
+                       source=source)
             if self.bar is not None:
                 future.add_done_callback(self._advance)
             self.chunks.append(future)
-            self.buffered += len(args)
-            pieces.append(_Piece(job, range(len(args))))
-        if pieces:
-            self.pool.enqueue(pieces)
+            self.buffered += count
+            pieces.append(_Piece(job, range(count)))
+        return pieces
+
+    def take(self, size: int) -> tuple[list | None, Callable[[], list] | None, int]:
+        """The next ``size`` tasks at most: ``(arguments, None, count)`` read now, or
+        ``(None, source, count)`` to be sliced from the sequences when sent."""
+        if self.sequences is None:
+            args = list(itertools.islice(self.args, size))  # type: ignore[arg-type]
+            return args, None, len(args)
+        start = self.position
+        count = max(0, min(size, self.total - start))  # type: ignore[operator]
+        self.position += count
+        return None, functools.partial(self.slice, start, start + count), count
+
+    def slice(self, start: int, stop: int) -> list:
+        if not self.star:
+            part = self.sequences[0][start:stop]  # type: ignore[index]
+            return part if type(part) is list else list(part)
+        parts = [seq[start:stop] for seq in self.sequences]  # type: ignore[union-attr]
+        return list(zip(*parts, strict=False))
 
     def _advance(self, future: Future) -> None:
         if not future.cancelled() and future.exception() is None:
@@ -1063,10 +1153,12 @@ class _MapRun:
                 future = self.chunks[0]
                 remaining = None if end_time is None else end_time - time.monotonic()
                 values, errors = future.result(remaining)
-                self.chunks.popleft()
                 count = len(values)
-                if self.buffersize is None:  # read on while these are consumed
-                    self.buffered -= count
+                with self.lock:
+                    self.chunks.popleft()
+                    if self.buffersize is None:  # read on while these are consumed
+                        self.buffered -= count
+                if self.buffersize is None:
                     self.fill()
                 if errors:
                     first = min(errors)
@@ -1077,10 +1169,14 @@ class _MapRun:
                 yield values
                 del values, errors
                 if self.buffersize is not None:  # consumed: now read further
-                    self.buffered -= count
+                    with self.lock:
+                        self.buffered -= count
                     self.fill()
         finally:
-            for future in self.chunks:
+            with self.lock:
+                self.closed = True
+                unread = list(self.chunks)
+            for future in unread:
                 future.cancel()
             if self.bar is not None:
                 self.bar.close()

@@ -42,7 +42,7 @@ UNTRACKED = -1
 
 #: outcomes held back while more pieces wait to run: at most this many, this long
 HOLD_PIECES = 16
-HOLD_SECONDS = 0.01
+HOLD_SECONDS = 0.002
 
 #: progress array fields per slot: piece id, index in the piece, start time (monotonic)
 SLOT_FIELDS = 3
