@@ -42,7 +42,7 @@ UNTRACKED = -1
 
 #: outcomes held back while more pieces wait to run: at most this many, this long
 HOLD_PIECES = 16
-HOLD_SECONDS = 0.002
+HOLD_SECONDS = 0.0005
 
 #: progress array fields per slot: piece id, index in the piece, start time (monotonic)
 SLOT_FIELDS = 3
@@ -124,11 +124,14 @@ class _Outbox:
         self.messages: list[bytes] = []
         self.since = 0.0
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes, seconds: float = 0.0) -> None:
+        """``data``: the outcomes of a piece that took ``seconds`` (a long one is sent
+        at once: its outcomes would wait as long as the next piece runs)."""
         if not self.messages:
             self.since = time.monotonic()
         self.messages.append(data)
-        if (not self.channel.pending() or len(self.messages) >= HOLD_PIECES
+        if (seconds >= HOLD_SECONDS or not self.channel.pending()
+                or len(self.messages) >= HOLD_PIECES
                 or time.monotonic() - self.since >= HOLD_SECONDS):
             self.flush()
 
@@ -300,8 +303,8 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
         slots[index_at] = len(arg_list)
         done += len(arg_list)
         retiring = max_tasks is not None and done >= max_tasks
-        outbox.add(_outcomes(piece_id, values, errors, clock.since(started), retiring,
-                             snapshot))
+        seconds = clock.since(started)
+        outbox.add(_outcomes(piece_id, values, errors, seconds, retiring, snapshot), seconds)
         del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
         if retiring:
             outbox.flush()
