@@ -421,6 +421,85 @@ def test_map_over_multiple_iterables_stops_at_the_shortest():
             1000 + 2 * i for i in range(10)]
 
 
+@pytest.mark.timeout(60)
+def test_map_over_lists_tuples_and_ranges_which_are_sliced_as_they_are_sent():
+    data = list(range(30_000))
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        assert list(ex.map(_square, data)) == [i * i for i in data]
+        assert list(ex.map(_square, tuple(data))) == [i * i for i in data]
+        assert list(ex.map(_square, range(5, 30_000, 3))) == [
+            i * i for i in range(5, 30_000, 3)]
+        assert list(ex.map(_add, data, range(1000))) == [2 * i for i in range(1000)]
+        assert list(ex.map(_add, (1, 2, 3), [10, 20, 30, 40])) == [11, 22, 33]
+        assert list(ex.map(_square, data, chunksize=512)) == [i * i for i in data]
+        assert list(ex.map(_square, data[:3], chunksize=1)) == [0, 1, 4]
+
+
+@pytest.mark.timeout(60)
+def test_map_over_a_list_that_shrinks_meanwhile_stops_where_it_ends():
+    data = list(range(200_000))
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_identity, data, chunksize=1000)
+        assert next(results) == 0
+        del data[50_000:]  # what was not read yet is gone, as for a list iterator
+        rest = list(results)
+        assert len(rest) < 200_000 - 1
+        assert rest == list(range(1, len(rest) + 1))
+        assert ex.submit(_square, 3).result(timeout=30) == 9
+
+
+@pytest.mark.timeout(60)
+def test_crash_among_tiny_tasks_of_a_list_fails_exactly_that_task():
+    """Tiny tasks run untracked, their pieces are prefetched in batches and their
+    outcomes held back: a crash still fails that task alone and loses no result."""
+    bad = 31_337
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        list(ex.map(_square, range(10_000)))  # measured short: the next map goes fast
+        got = []
+        with pytest.raises(cowmp.WorkerDiedError, match="SIGKILL") as info:
+            for value in ex.map(_crash_at, range(60_000), [bad] * 60_000):
+                got.append(value)
+        assert got == [i * i for i in range(bad)]
+        assert str(bad) in str(info.value)
+        futures = [ex.submit(_crash_at, i, bad) for i in range(bad - 2, bad + 3)]
+        assert [f.exception(timeout=30) is not None for f in futures] == [
+            False, False, True, False, False]
+
+
+def test_busy_clock_counts_blocked_time_as_busy():
+    from cowmp.worker import _BusyClock
+
+    clock = _BusyClock()
+    mark = clock.now()
+    time.sleep(0.05)
+    assert 0.04 <= clock.since(mark) < 5
+
+
+def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
+    from cowmp import executor
+
+    class FakePool:
+        max_workers = 2
+        max_tasks = None
+
+    run = executor._MapRun.__new__(executor._MapRun)
+    run.pool, run.chunksize, run.per_task = FakePool(), None, 1e-7
+    sizes = []
+    run.remaining = 1_000_000
+    while run.remaining > 0:
+        size = min(run.next_size(), run.remaining)
+        sizes.append(size)
+        run.remaining -= size
+    floor = int(executor.MIN_CHUNK_SECONDS / 1e-7)
+    assert sizes[0] == 1_000_000 // 8  # a quarter of each worker's share
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(size >= floor for size in sizes[:-1]), sizes  # never halving down to 1
+    assert len(sizes) < 40
+    run.per_task = 1.0  # long tasks: one per chunk
+    run.remaining = 100
+    assert run.next_size() == 1
+
+
 def _counting(consumed):
     """itertools.count(), recording how far it was read."""
     for i in itertools.count():
