@@ -49,15 +49,19 @@ MIN_CHUNK_SECONDS = 0.002
 #: pieces a busy worker may have waiting behind the one it runs (map chunks known to be
 #: short only), and at most this many bytes and expected seconds of them
 PREFETCH_PIECES = 16
-PREFETCH_BYTES = 64 * 1024
+PREFETCH_BYTES = 128 * 1024  # well under a socket's default buffer (208 KiB)
 PREFETCH_SECONDS = 1.5 * CHUNK_SECONDS
 #: map tasks measured shorter than this run without recording each start (it would cost
 #: about as much as the task); a worker crash then reruns that chunk, recorded
 UNTRACKED_TASK_SECONDS = 20e-6
 #: tasks per worker in map's first chunks, which measure the time a task takes
 PROBE_TASKS = 8
-#: tasks read ahead of the results by map, at least (a few chunks per worker otherwise)
+#: tasks read ahead of the results by map, at least (a few chunks per worker otherwise),
+#: and at most, beyond those chunks
 READ_AHEAD_TASKS = 4096
+MAX_READ_AHEAD_TASKS = 1 << 17
+#: tasks in an automatic chunk read from an iterator (held in memory until it is sent)
+MAX_CHUNK_TASKS = 1 << 15
 #: workers that die before they are ready, in a row, before the pool is declared broken
 STARTUP_FAILURES = 3
 #: seconds to wait for a dead worker's exit status before reporting it unknown
@@ -1067,6 +1071,8 @@ class _MapRun:
             if self.remaining is not None:
                 size = max(min(size, self.remaining // (workers * 4)),
                            int(MIN_CHUNK_SECONDS / per_task))
+            if self.sequences is None:  # read into memory ahead of its turn: bounded
+                size = min(size, MAX_CHUNK_TASKS)
         else:  # probing: a few tasks per worker, to measure them
             size = PROBE_TASKS
         if self.pool.max_tasks is not None:
@@ -1096,15 +1102,26 @@ class _MapRun:
         if pieces:
             self.pool.enqueue_here(pieces)
 
+    def wants_more(self, probing: bool) -> bool:
+        """Read further ahead?  A few chunks per worker (or ``READ_AHEAD_TASKS``), and
+        more while they are short, so that workers have their prefetch queues full."""
+        workers = self.pool.max_workers
+        if self.buffered >= self.window():
+            return False
+        if probing:
+            return len(self.chunks) < workers
+        if len(self.chunks) < 2 * workers + 2 or self.buffered < READ_AHEAD_TASKS:
+            return True
+        if (len(self.chunks) >= workers * (PREFETCH_PIECES + 2)
+                or self.buffered >= MAX_READ_AHEAD_TASKS or self.per_task is None):
+            return False
+        return self.buffered * self.per_task < workers * PREFETCH_SECONDS
+
     def new_pieces(self) -> list[_Piece]:
         pieces = []
         # until a first chunk has been measured, one probe per worker
         probing = self.chunksize is None and self.per_task is None
-        max_chunks = self.pool.max_workers * (1 if probing else PREFETCH_PIECES + 2)
-        while not self.exhausted and (
-            len(self.chunks) < max_chunks
-            or (not probing and self.buffered < READ_AHEAD_TASKS)
-        ) and self.buffered < self.window():
+        while not self.exhausted and self.wants_more(probing):
             size = self.next_size()
             if self.buffersize is not None:
                 size = min(size, self.buffersize - self.buffered)

@@ -484,6 +484,7 @@ def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
 
     run = executor._MapRun.__new__(executor._MapRun)
     run.pool, run.chunksize, run.per_task = FakePool(), None, 1e-7
+    run.sequences = ([],)  # a list: sliced when sent, chunks need no bound in memory
     sizes = []
     run.remaining = 1_000_000
     while run.remaining > 0:
@@ -495,6 +496,8 @@ def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
     assert sizes == sorted(sizes, reverse=True)
     assert all(size >= floor for size in sizes[:-1]), sizes  # never halving down to 1
     assert len(sizes) < 40
+    run.sequences, run.remaining = None, None  # an iterator: chunks wait in memory
+    assert run.next_size() == executor.MAX_CHUNK_TASKS
     run.per_task = 1.0  # long tasks: one per chunk
     run.remaining = 100
     assert run.next_size() == 1
