@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as futures_TimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import connection, sharedctypes
@@ -119,8 +119,8 @@ class _Job:
     __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
                  "missing", "run", "single", "size", "source", "star", "timeout", "values")
 
-    def __init__(self, future: Future, fn: Any, args: list | None, kwargs: list | None,
-                 single: bool, timeout: float | None, star: bool = True,
+    def __init__(self, future: Future | _Chunk, fn: Any, args: list | None,
+                 kwargs: list | None, single: bool, timeout: float | None, star: bool = True,
                  fn_payload: bytes | None = None, run: _MapRun | None = None,
                  size: int | None = None, source: Callable[[], list] | None = None) -> None:
         self.future = future
@@ -296,12 +296,14 @@ class _Worker:
 
 
 _live_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+_pid = [os.getpid()]  # this process's id, kept current across forks (no system call)
 _global_shutdown = False
 
 
 def _close_inherited_handles() -> None:
     """In a forked child: the parent's executors are not ours; close their handles, so
     that their workers and fork servers see the end of the parent when it comes."""
+    _pid[0] = os.getpid()
     for pool in list(_live_pools):
         pool.close_handles_in_child()
 
@@ -399,7 +401,7 @@ class _Pool:
     # -- called from any thread ---------------------------------------------------------
 
     def check_usable(self) -> None:
-        if self.owner != os.getpid():
+        if self.owner != _pid[0]:
             raise RuntimeError(
                 f"this executor belongs to process {self.owner}; a forked child must "
                 "create its own"
@@ -983,6 +985,72 @@ class CowProcessPoolExecutor(Executor):
         return self._pool.launcher.pid
 
 
+_PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
+
+
+class _Chunk:
+    """The outcome of one map chunk: what map needs of a Future, lighter (no lock of its
+    own: its map's condition, notified only when the consumer waits for this chunk)."""
+
+    __slots__ = ("callback", "run", "state", "value")
+
+    def __init__(self, run: _MapRun) -> None:
+        self.run = run
+        self.state = _PENDING
+        self.value: Any = None
+        self.callback: Callable[[_Chunk], object] | None = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self.run.chunk_lock:
+            if self.state == _CANCELLED:
+                return False
+            self.state = _RUNNING
+            return True
+
+    def cancel(self) -> bool:
+        with self.run.chunk_lock:
+            if self.state in (_RUNNING, _FINISHED):
+                return False
+            self.state = _CANCELLED
+            return True
+
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
+
+    def done(self) -> bool:
+        return self.state in (_CANCELLED, _FINISHED)
+
+    def exception(self) -> None:
+        return None  # a chunk's task errors are part of its value
+
+    def set_result(self, value: Any) -> None:
+        run = self.run
+        with run.chunk_lock:
+            self.value = value
+            self.state = _FINISHED
+            if run.waiting is self:
+                run.arrived.notify()
+        if self.callback is not None:
+            self.callback(self)
+
+    def add_done_callback(self, callback: Callable[[_Chunk], object]) -> None:
+        self.callback = callback
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.state != _FINISHED:
+            run = self.run
+            with run.chunk_lock:
+                run.waiting = self
+                try:
+                    if not run.arrived.wait_for(self.done, timeout):
+                        raise futures_TimeoutError()
+                finally:
+                    run.waiting = None
+            if self.state == _CANCELLED:
+                raise CancelledError()
+        return self.value
+
+
 class _MapIterator(itertools.chain):
     """map's results: chunks of results flattened in C (no Python frame per result),
     with ``close()`` as a generator has (stops reading input, cancels what is queued)."""
@@ -1031,7 +1099,7 @@ class _MapRun:
         self.timeout = timeout
         self.buffersize = buffersize
         self.exhausted = False
-        self.chunks: collections.deque[Future] = collections.deque()
+        self.chunks: collections.deque[_Chunk] = collections.deque()
         self.buffered = 0
         self.fn_payload = pool.pickle_function(fn)
         # what this function's tasks took, the previous map's included (no probe needed
@@ -1046,6 +1114,10 @@ class _MapRun:
         self.current: list = []  # the results being handed over
         self.lock = threading.Lock()  # the manager thread reads sequences ahead too
         self.closed = False
+        # chunks' outcomes: the consumer waits on ``arrived`` for the chunk ``waiting``
+        self.chunk_lock = threading.Lock()
+        self.arrived = threading.Condition(self.chunk_lock)
+        self.waiting: _Chunk | None = None
         self.bar = make_bar(self.total, progress) if progress else None
 
     def update_per_task(self) -> None:
@@ -1131,7 +1203,7 @@ class _MapRun:
                 break
             if self.remaining is not None:
                 self.remaining -= count
-            future: Future = Future()
+            future = _Chunk(self)
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
                        star=self.star, fn_payload=self.fn_payload, run=self, size=count,
                        source=source)
@@ -1160,7 +1232,7 @@ class _MapRun:
         parts = [seq[start:stop] for seq in self.sequences]  # type: ignore[union-attr]
         return list(zip(*parts, strict=False))
 
-    def _advance(self, future: Future) -> None:
+    def _advance(self, future: _Chunk) -> None:
         if not future.cancelled() and future.exception() is None:
             self.bar.update(len(future.result()[0]))
 
