@@ -179,10 +179,13 @@ class _Job:
         self.claimed = True
         return self.future.set_running_or_notify_cancel()
 
-    def settle_piece(self, indices: Any, values: list, errors: dict, seconds: float) -> None:
-        """The outcomes of the tasks at ``indices`` (errors by position in the piece)."""
-        if self.run is not None and seconds > 0:
-            self.run.measure(seconds, len(values))
+    def settle_piece(self, indices: Any, values: list, errors: dict,
+                     measured: tuple[float, int]) -> None:
+        """The outcomes of the tasks at ``indices`` (errors by position in the piece), and
+        the busy seconds of so many of them."""
+        seconds, tasks = measured
+        if self.run is not None and seconds > 0 and tasks:
+            self.run.measure(seconds, tasks)
         if self.values is None and len(values) == self.size:
             self.values = values  # the whole job in one piece: no copy
         else:
@@ -685,10 +688,10 @@ class _Pool:
     def handle_message(self, w: _Worker, message: tuple) -> None:
         kind = message[0]
         if kind == "done":
-            _, piece_id, values, errors, seconds, retiring = message
+            _, piece_id, values, errors, measured, retiring = message
             piece = w.done()
             assert piece.id == piece_id, (piece.id, piece_id)
-            piece.job.settle_piece(piece.indices, values, errors, seconds)
+            piece.job.settle_piece(piece.indices, values, errors, measured)
             if piece.job.run is not None:
                 piece.job.run.refill()
             w.retiring = w.retiring or retiring

@@ -7,8 +7,10 @@ Messages on the worker's connection (pickled by :mod:`cowmp.serialize`):
   means stop.
 * worker -> parent: ``("ready",)`` once the initializer succeeded, or
   ``("init_failed", exception)``; then for every piece
-  ``("done", piece_id, values, errors, seconds, retiring)``: a value per task (None where
-  it raised) and the exceptions by position.
+  ``("done", piece_id, values, errors, (seconds, tasks), retiring)``: a value per task
+  (None where it raised), the exceptions by position, and the busy seconds of ``tasks`` of
+  them (the first excepted, when they were recorded one by one), for map's chunk sizes.
+  Messages go several per write when they are short (:mod:`cowmp.channel`).
 
 Before each item the worker writes ``(piece_id, index, start time)`` into its slot of a
 shared progress array: if it dies, the parent knows which task it was running (that task
@@ -145,9 +147,9 @@ def _send(channel: Channel, message: tuple, snapshot: serialize.Snapshot) -> Non
     channel.send([serialize.dumps(message, snapshot, "message")])
 
 
-def _outcomes(piece_id: int, values: list, errors: dict, seconds: float, retiring: bool,
-              snapshot: serialize.Snapshot) -> bytes:
-    message = ("done", piece_id, values, errors, seconds, retiring)
+def _outcomes(piece_id: int, values: list, errors: dict, measured: tuple[float, int],
+              retiring: bool, snapshot: serialize.Snapshot) -> bytes:
+    message = ("done", piece_id, values, errors, measured, retiring)
     try:
         data = serialize.dumps(message, snapshot)
     except serialize.TaskPicklingError:
@@ -164,8 +166,10 @@ def _outcomes(piece_id: int, values: list, errors: dict, seconds: float, retirin
     return data
 
 
-def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int) -> tuple[list, dict]:
-    """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable."""
+def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int,
+                after_first: list) -> tuple[list, dict]:
+    """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable.
+    ``after_first[0]`` is set to the clock's mark when the first task is done."""
     values: list = []
     errors: dict = {}
     append = values.append
@@ -173,6 +177,8 @@ def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int) -> tuple[lis
     while True:
         try:
             for index in range(start, len(arg_list)):
+                if index == 1:
+                    after_first[0] = after_first[1]()
                 slots[index_at] = index
                 append(fn(arg_list[index]))
             return values, errors
@@ -199,12 +205,15 @@ def _run_untracked(fn: Any, arg_list: list, star: int) -> tuple[list, dict]:
 
 
 def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
-                 slots: Any, index_at: int, start_at: int) -> tuple[list, dict]:
+                 slots: Any, index_at: int, start_at: int,
+                 after_first: list) -> tuple[list, dict]:
     values: list = []
     errors: dict = {}
     timed = flags & TIMED
     star = flags & STAR
     for index, args in enumerate(arg_list):
+        if index == 1:
+            after_first[0] = after_first[1]()
         if timed:
             slots[start_at] = time.monotonic()
         slots[index_at] = index
@@ -286,25 +295,31 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
             # cannot even read the work: every task of the piece fails with the reason
             wrapped = serialize.wrap_exception(error)
             outbox.add(_outcomes(piece_id, [None] * count, dict.fromkeys(range(count), wrapped),
-                                 0.0, False, snapshot))
+                                 (0.0, 0), False, snapshot))
             continue
         # the parent reads id, index, start: written start first, id last
         slots[start_at] = time.monotonic()
         slots[index_at] = 0 if flags & TRACKED else UNTRACKED
         slots[id_at] = piece_id
         started = clock.now()  # the run alone: the first unpickling costs more
+        # tasks recorded one by one are also timed from the end of the first: a first
+        # call in a new worker costs more, and a probe of a few tasks would overstate them
+        after_first: list = [None, clock.now]
         if not flags & TRACKED and kwarg_dicts is None:
             values, errors = _run_untracked(fn, arg_list, flags & STAR)
         elif flags & (TIMED | STAR):
             values, errors = _run_general(fn, arg_list, kwarg_dicts, flags, slots,
-                                          index_at, start_at)
+                                          index_at, start_at, after_first)
         else:
-            values, errors = _run_simple(fn, arg_list, slots, index_at)
+            values, errors = _run_simple(fn, arg_list, slots, index_at, after_first)
         slots[index_at] = len(arg_list)
         done += len(arg_list)
         retiring = max_tasks is not None and done >= max_tasks
         seconds = clock.since(started)
-        outbox.add(_outcomes(piece_id, values, errors, seconds, retiring, snapshot), seconds)
+        measured = (seconds, len(arg_list)) if after_first[0] is None else (
+            clock.since(after_first[0]), len(arg_list) - 1)
+        outbox.add(_outcomes(piece_id, values, errors, measured, retiring, snapshot),
+                   seconds)
         del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
         if retiring:
             outbox.flush()
