@@ -589,6 +589,10 @@ class _Pool:
             pass
 
     def spawn(self, slot: int) -> None:
+        # a replacement starts with a clean slot: what the dead worker recorded there
+        # would name a piece that may be queued again, under the same id
+        base = slot * worker.SLOT_FIELDS
+        self.progress[base:base + worker.SLOT_FIELDS] = [0.0] * worker.SLOT_FIELDS
         self.workers[slot] = _Worker(slot, Channel(self.launcher.spawn(slot)))
 
     def dispatch(self) -> None:
