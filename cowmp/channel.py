@@ -50,9 +50,6 @@ class Channel:
         self.buffer = bytearray()  # the start of a message that has not all arrived
         self.ready: list[bytes] = []  # whole messages read, not yet taken
 
-    def fileno(self) -> int:
-        return self.conn.fileno()
-
     def close(self) -> None:
         self.conn.close()
 

@@ -1161,7 +1161,7 @@ class _MapRun:
     def window(self) -> int:
         if self.buffersize is not None:
             return self.buffersize
-        return 1 << 62  # bounded by the number of chunks below
+        return 1 << 62  # bounded by wants_more's rules instead
 
     def fill(self) -> None:
         """Read more input, if the read-ahead allows (the consuming thread)."""
