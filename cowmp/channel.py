@@ -96,7 +96,7 @@ class Channel:
             return self.conn.recv_bytes()
         while not self.ready:
             self._read()
-        return self.ready.pop(0) if len(self.ready) > 1 else self.ready.pop()
+        return self.ready.pop(0)
 
     def _read(self) -> None:
         count = os.readv(self.fd, [self.area])

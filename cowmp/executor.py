@@ -156,21 +156,26 @@ class _Job:
         args = self.args[index]
         return args if self.star else (args,)
 
+    @property
+    def per_task(self) -> float | None:
+        """Seconds a task takes, as its map measured them (None: unknown, or not a map)."""
+        return None if self.run is None else self.run.per_task
+
     def tracking(self) -> bool:
         """Record each task's start, so that a crash names its task?  Not for map tasks
         measured too short (it would cost about as much as the task)."""
-        per_task = None if self.run is None else self.run.per_task
+        per_task = self.per_task
         return per_task is None or per_task >= UNTRACKED_TASK_SECONDS or bool(self.timeout)
 
     def estimate(self, tasks: int) -> float:
         """Seconds that many of its tasks are expected to take (0 if unknown)."""
-        per_task = None if self.run is None else self.run.per_task
+        per_task = self.per_task
         return 0.0 if per_task is None else per_task * tasks
 
     def prefetchable(self) -> bool:
         """May wait in a busy worker's connection?  Only map chunks known to be short
         (else a task could wait behind a long one while another worker is idle)."""
-        return self.run is not None and self.run.per_task is not None and not self.timeout
+        return self.per_task is not None and not self.timeout
 
     def claim(self) -> bool:
         """Mark the future running when its first piece is sent; False if cancelled."""
@@ -1097,7 +1102,7 @@ class _MapRun:
         self.star = len(iterables) != 1
         # lists, tuples and ranges are sliced by the manager thread, chunk by chunk, as
         # it sends them; other iterables are read here, by the thread that consumes
-        self.sequences = iterables if not os.environ.get("NOSLICE") and all(
+        self.sequences = iterables if all(
             type(it) in (list, tuple, range) for it in iterables) else None
         self.position = 0
         self.args = None if self.sequences else (
@@ -1165,8 +1170,7 @@ class _MapRun:
 
     def fill(self) -> None:
         """Read more input, if the read-ahead allows (the consuming thread)."""
-        with self.lock:
-            pieces = [] if self.closed else self.new_pieces()
+        pieces = self.locked_new_pieces()
         if pieces:
             self.pool.enqueue(pieces)
 
@@ -1176,10 +1180,13 @@ class _MapRun:
         thread to wake up and take its turn."""
         if self.sequences is None or self.buffersize is not None:
             return
-        with self.lock:
-            pieces = [] if self.closed else self.new_pieces()
+        pieces = self.locked_new_pieces()
         if pieces:
             self.pool.enqueue_here(pieces)
+
+    def locked_new_pieces(self) -> list[_Piece]:
+        with self.lock:
+            return [] if self.closed else self.new_pieces()
 
     def wants_more(self, probing: bool) -> bool:
         """Read further ahead?  A few chunks per worker (or ``READ_AHEAD_TASKS``), and

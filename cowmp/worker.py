@@ -167,21 +167,22 @@ def _outcomes(piece_id: int, values: list, errors: dict, measured: tuple[float, 
 
 
 def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int,
-                after_first: list) -> tuple[list, dict]:
-    """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable.
-    ``after_first[0]`` is set to the clock's mark when the first task is done."""
+                clock: _BusyClock) -> tuple[list, dict, tuple | None]:
+    """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable.  Also
+    returns the clock's mark at the end of the first task (None if there is one task)."""
     values: list = []
     errors: dict = {}
     append = values.append
+    after_first = None
     start = 0
     while True:
         try:
             for index in range(start, len(arg_list)):
                 if index == 1:
-                    after_first[0] = after_first[1]()
+                    after_first = clock.now()
                 slots[index_at] = index
                 append(fn(arg_list[index]))
-            return values, errors
+            return values, errors, after_first
         except BaseException as error:  # noqa: BLE001 - reported to the caller
             index = len(values)
             append(None)
@@ -206,14 +207,16 @@ def _run_untracked(fn: Any, arg_list: list, star: int) -> tuple[list, dict]:
 
 def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
                  slots: Any, index_at: int, start_at: int,
-                 after_first: list) -> tuple[list, dict]:
+                 clock: _BusyClock) -> tuple[list, dict, tuple | None]:
+    """Any task, with keyword arguments, timed: as :func:`_run_simple`."""
     values: list = []
     errors: dict = {}
+    after_first = None
     timed = flags & TIMED
     star = flags & STAR
     for index, args in enumerate(arg_list):
         if index == 1:
-            after_first[0] = after_first[1]()
+            after_first = clock.now()
         if timed:
             slots[start_at] = time.monotonic()
         slots[index_at] = index
@@ -227,7 +230,7 @@ def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
         except BaseException as error:  # noqa: BLE001 - reported to the caller
             values.append(None)
             errors[index] = serialize.wrap_exception(error)
-    return values, errors
+    return values, errors, after_first
 
 
 def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
@@ -304,20 +307,20 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
         started = clock.now()  # the run alone: the first unpickling costs more
         # tasks recorded one by one are also timed from the end of the first: a first
         # call in a new worker costs more, and a probe of a few tasks would overstate them
-        after_first: list = [None, clock.now]
+        after_first = None
         if not flags & TRACKED and kwarg_dicts is None:
             values, errors = _run_untracked(fn, arg_list, flags & STAR)
         elif flags & (TIMED | STAR):
-            values, errors = _run_general(fn, arg_list, kwarg_dicts, flags, slots,
-                                          index_at, start_at, after_first)
+            values, errors, after_first = _run_general(
+                fn, arg_list, kwarg_dicts, flags, slots, index_at, start_at, clock)
         else:
-            values, errors = _run_simple(fn, arg_list, slots, index_at, after_first)
+            values, errors, after_first = _run_simple(fn, arg_list, slots, index_at, clock)
         slots[index_at] = len(arg_list)
         done += len(arg_list)
         retiring = max_tasks is not None and done >= max_tasks
         seconds = clock.since(started)
-        measured = (seconds, len(arg_list)) if after_first[0] is None else (
-            clock.since(after_first[0]), len(arg_list) - 1)
+        measured = (seconds, len(arg_list)) if after_first is None else (
+            clock.since(after_first), len(arg_list) - 1)
         outbox.add(_outcomes(piece_id, values, errors, measured, retiring, snapshot),
                    seconds)
         del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
