@@ -54,7 +54,8 @@ PREFETCH_SECONDS = 1.5 * CHUNK_SECONDS
 #: map tasks measured shorter than this run without recording each start (it would cost
 #: about as much as the task); a worker crash then reruns that chunk, recorded
 UNTRACKED_TASK_SECONDS = 20e-6
-#: tasks per worker in map's first chunks, which measure the time a task takes
+#: tasks measured per worker in map's first chunks, which measure the time a task takes
+#: (each of those chunks has one task more: its first is not timed, see worker.py)
 PROBE_TASKS = 8
 #: tasks read ahead of the results by map, at least (a few chunks per worker otherwise),
 #: and at most, beyond those chunks
@@ -603,32 +604,38 @@ class _Pool:
     def dispatch(self) -> None:
         """Send queued pieces: first one to each idle worker, then more to busy ones
         (prefetch, only when every worker is up: one still starting would otherwise find
-        the work taken).  A worker's pieces go in one write."""
+        the work taken).  Each worker's pieces go in one write, sent before the next
+        worker's are pickled: an idle worker starts at once."""
         if self.broken or not self.queue:
             return
         workers = list(self.workers.values())
-        batches: dict[_Worker, list[Message]] = {}
         for w in workers:
             if not w.inflight and self.can_take(w):
-                self.give(w, batches, prefetch=False)
+                payload = self.give(w, prefetch=False)
+                if payload is not None:
+                    self.send(w, [payload])
         if self.queue and all(self.usable(w) for w in workers):
             for w in workers:
                 if w.inflight and self.can_take(w) and self.prefetch_low(w):
-                    while self.give(w, batches, prefetch=True):
-                        pass
-        for w, payloads in batches.items():
-            try:
-                w.conn.send(payloads)
-            except OSError:
-                w.retiring = True  # it is dying: its pieces are recovered when it is gone
+                    batch: list[Message] = []
+                    while payload := self.give(w, prefetch=True):
+                        batch.append(payload)
+                    if batch:
+                        self.send(w, batch)
 
-    def give(self, w: _Worker, batches: dict[_Worker, list[Message]], prefetch: bool) -> bool:
-        """Move the queue's next piece to ``w`` (its payload into ``batches``); False if
-        there is none that ``w`` may take now."""
+    def send(self, w: _Worker, payloads: list[Message]) -> None:
+        try:
+            w.conn.send(payloads)
+        except OSError:
+            w.retiring = True  # it is dying: its pieces are recovered when it is gone
+
+    def give(self, w: _Worker, prefetch: bool) -> Message | None:
+        """Move the queue's next piece to ``w`` and return its payload; None if there is
+        none that ``w`` may take now."""
         while self.queue and self.can_take(w):
             piece = self.queue[0]
             if prefetch and not piece.job.prefetchable():
-                return False
+                return None
             if not piece.job.claim():
                 self.queue.popleft()
                 continue  # cancelled while queued
@@ -638,12 +645,11 @@ class _Pool:
                 self.queue.popleft()
                 continue  # none of its tasks could be pickled
             if prefetch and not self.prefetch_room(w, piece):
-                return False
+                return None
             self.queue.popleft()
             w.add(piece)
-            batches.setdefault(w, []).append(piece.payload)
-            return True
-        return False
+            return piece.payload
+        return None
 
     def prefetch_low(self, w: _Worker) -> bool:
         """Top a worker up only when half its prefetch is used: a write per few pieces."""
@@ -1158,7 +1164,7 @@ class _MapRun:
             if self.sequences is None:  # read into memory ahead of its turn: bounded
                 size = min(size, MAX_CHUNK_TASKS)
         else:  # probing: a few tasks per worker, to measure them
-            size = PROBE_TASKS
+            size = PROBE_TASKS + 1
         if self.pool.max_tasks is not None:
             size = min(size, self.pool.max_tasks)
         return max(1, size)

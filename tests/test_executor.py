@@ -503,6 +503,28 @@ def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
     assert run.next_size() == 1
 
 
+def test_one_probe_chunk_measures_the_tasks():
+    """A worker does not time the first task of a probe chunk (a first call costs more):
+    the chunk has a task more, so that its outcome alone gives the measure."""
+    from cowmp import executor
+
+    class FakePool:
+        max_workers = 2
+        max_tasks = None
+
+        def remember_task_seconds(self, fn_payload, seconds):
+            pass
+
+    run = executor._MapRun.__new__(executor._MapRun)
+    run.pool, run.chunksize, run.per_task, run.fn_payload = FakePool(), None, None, b""
+    run.measured, run.remaining, run.sequences = (0.0, 0.0), 1_000_000, ([],)
+    size = run.next_size()
+    assert size <= 16
+    run.measure(size * 1e-6, size - 1)  # what the worker reports: all but the first
+    assert run.per_task == pytest.approx(size * 1e-6 / (size - 1))
+    assert run.next_size() > size
+
+
 def _counting(consumed):
     """itertools.count(), recording how far it was read."""
     for i in itertools.count():
