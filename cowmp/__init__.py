@@ -23,8 +23,9 @@ from .executor import CowProcessPoolExecutor, TaskTimeoutError, WorkerDiedError
 from .exiting import exit
 from .forking import ForkWithThreadsWarning, fork, install_fork_hooks
 from .heap import GC_POLICIES, collect, get_gc_policy, set_gc_policy
+from .immortal import SharingWarning, is_immortal
 from .serialize import RemoteTraceback, TaskPicklingError
-from .sharing import is_shared, share
+from .sharing import is_shared, preload, share
 from .synchronize import ContextMismatchError
 
 _compat.install()
@@ -88,6 +89,7 @@ __all__ = [
     "CowForkProcess",
     "ForkWithThreadsWarning",
     "RemoteTraceback",
+    "SharingWarning",
     "TaskPicklingError",
     "TaskTimeoutError",
     "WorkerDiedError",
@@ -96,7 +98,9 @@ __all__ = [
     "fork",
     "get_gc_policy",
     "install_fork_hooks",
+    "is_immortal",
     "is_shared",
+    "preload",
     "set_gc_policy",
     "share",
 ]

@@ -1,4 +1,8 @@
-"""Objects registered for sharing: sent to forked workers by reference (DESIGN §2.5).
+"""Data shared with forked children: :func:`share` and :func:`preload` (DESIGN §2.3, §2.5).
+
+:func:`share` prepares data for children that read it without copying it: frozen for the
+garbage collector (:mod:`cowmp.heap`), immortal on 3.12+ with its string hashes cached
+(:mod:`cowmp.immortal`), and registered to be sent to forked workers by reference.
 
 A worker forked from a snapshot already holds every object that existed at that moment.
 :func:`share` registers an object; an executor created afterwards records which shared
@@ -12,12 +16,14 @@ Registered objects live as long as the process: the registry holds them.
 
 from __future__ import annotations
 
+import gc
 import threading
+from types import TracebackType
 from typing import TypeVar
 
-from . import heap
+from . import heap, immortal
 
-__all__ = ["is_shared", "share", "shared_objects"]
+__all__ = ["is_shared", "preload", "share", "shared_objects"]
 
 T = TypeVar("T")
 
@@ -28,19 +34,66 @@ _lock = threading.Lock()
 
 
 def share(obj: T) -> T:
-    """Register ``obj`` for sharing with workers forked after this call; return ``obj``.
+    """Prepare ``obj`` and everything it holds for forked children to read; return it.
 
-    The object (and everything it refers to) is frozen for the garbage collector, so no
-    collection in this process or a forked child writes into it, and executors created
-    afterwards send it to their workers by reference instead of pickling it.  Shared
-    objects are never freed.  Share data, loaded once, that workers read.
+    * Every object reachable from ``obj`` (containers, instances, dict keys and values) is
+      made immortal on 64-bit Python 3.12+ with the GIL: reference counting never writes
+      it again, so children that read it copy none of its pages, and it is never freed.
+      Types, modules, functions, code and frames are not entered; objects with
+      ``__del__`` or weak references are left mortal (see :mod:`cowmp.immortal`).
+      Elsewhere ``share()`` does the rest and warns once (:class:`SharingWarning`).
+    * String and bytes hashes are computed now, not written by a child's first lookup.
+    * Everything is frozen for the garbage collector: no collection, in this process or
+      a forked child, writes into it.
+    * Executors created afterwards send ``obj`` to their workers by reference (a few
+      bytes) instead of pickling it.
+
+    Share data that is loaded once and lives as long as the process.
     """
     if obj is None or isinstance(obj, (bool, int, float)):
         return obj  # a number is cheaper to pickle than to look up
+    immortal.prepare(obj)
     with _lock:
         _registry[id(obj)] = obj
     heap.freeze_all()
     return obj
+
+
+class preload:  # noqa: N801 - a context manager, named as a function
+    """Load data to share with the garbage collector off: ``with cowmp.preload() as
+    loading: table = loading.share(build())``.
+
+    Collections that run while a large structure is built free memory between its
+    objects, and the children's later allocations then write into those holes, copying
+    the pages around them; with the collector off there are none.  Objects passed to
+    :meth:`share` are shared (:func:`share`) when the block ends without an exception.
+    The collector is enabled again on the way out if it was enabled on the way in.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[object] = []
+        self._reenable = False
+
+    def share(self, obj: T) -> T:
+        """Share ``obj`` when the block ends; return it."""
+        self._pending.append(obj)
+        return obj
+
+    def __enter__(self) -> preload:
+        self._reenable = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            if kind is None:
+                for obj in pending:
+                    share(obj)
+        finally:
+            if self._reenable:
+                gc.enable()
 
 
 def is_shared(obj: object) -> bool:
