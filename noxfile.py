@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
@@ -14,19 +16,22 @@ nox.options.error_on_missing_interpreters = False  # a machine with one Python s
 nox.options.sessions = ["lint", "tests", "fallback", "cpython"]
 nox.options.reuse_existing_virtualenvs = True
 
+# where a C compiler is present, the C helper of cowmp.share() must have been built
+HELPER = {"COWMP_REQUIRE_C_HELPER": "1"} if shutil.which("cc") or shutil.which("gcc") else {}
+
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The pytest suite (examples and README code blocks included)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env=HELPER)
 
 
 @nox.session(python=PYTHONS)
 def fallback(session: nox.Session) -> None:
     """The same suite with cowfork forced onto loky's spawn-based processes."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs, env={"COWMP_FORCE_FALLBACK": "1"})
+    session.run("pytest", *session.posargs, env={"COWMP_FORCE_FALLBACK": "1", **HELPER})
 
 
 @nox.session(python=PYTHONS)
