@@ -20,8 +20,8 @@
 /* The immortal reference count, as the interpreter this is built for writes it
    (GIL builds on 64-bit systems only; elsewhere nothing is made immortal):
    3.12 and 3.13: ob_refcnt = _Py_IMMORTAL_REFCNT (UINT_MAX: the low 32 bits set);
-   3.14 and later: the 32-bit ob_refcnt = _Py_IMMORTAL_INITIAL_REFCNT (3 << 30), the
-   flags beside it untouched.  Py_SET_REFCNT writes exactly that field. */
+   3.14 and later: the 32-bit ob_refcnt = _Py_IMMORTAL_INITIAL_REFCNT (3 << 30) and
+   ob_flags = _Py_IMMORTAL_FLAGS, as _Py_SetImmortalUntracked() writes them. */
 #if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED) && SIZEOF_VOID_P > 4
 #  define CAN_IMMORTALIZE 1
 #  if PY_VERSION_HEX >= 0x030E0000
@@ -271,6 +271,9 @@ visit(Walk *w, PyObject *op)
     w->walked++;
 #if CAN_IMMORTALIZE
     if (immortal) {
+#  if PY_VERSION_HEX >= 0x030E0000
+        op->ob_flags = _Py_IMMORTAL_FLAGS;
+#  endif
         Py_SET_REFCNT(op, IMMORTAL_REFCNT);
         w->made_immortal++;
     }

@@ -10,9 +10,10 @@ interpreter writes it:
 * 3.12 and 3.13: ``ob_refcnt`` is set to ``_Py_IMMORTAL_REFCNT``, ``UINT_MAX`` (the low
   32 bits set); ``Py_INCREF`` saturates there and ``Py_DECREF`` tests bit 31;
 * 3.14 and later: the 32-bit ``ob_refcnt`` field is set to
-  ``_Py_IMMORTAL_INITIAL_REFCNT``, ``3 << 30``, and the ``ob_flags``/``ob_overflow``
-  half-word beside it is left alone; any count with bit 31 set is immortal, and the
-  value sits mid-range so that old extensions' unchecked increments cannot end it.
+  ``_Py_IMMORTAL_INITIAL_REFCNT``, ``3 << 30``, and the 16-bit ``ob_flags`` beside it to
+  ``_Py_IMMORTAL_FLAGS`` (1), as ``_Py_SetImmortalUntracked()`` does; any count with bit
+  31 set is immortal, and the value sits mid-range so that old extensions' unchecked
+  increments cannot end it.
 
 What is walked: tuples and lists (their items), dicts (keys and values), sets and
 frozensets (their items), and any other object through what its type reports to the
@@ -59,7 +60,6 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 CAN_IMMORTALIZE = sys.version_info >= (3, 12) and sys.maxsize > 2**32 and not FREE_THREADED
 #: reference counts from this value up are immortal (bit 31 of the 32-bit count)
 _IMMORTAL_FROM = 1 << 31
-_LITTLE_ENDIAN = sys.byteorder == "little"
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: the program, not its data: neither made immortal nor entered (types and modules too)
@@ -135,17 +135,15 @@ def prepare(obj: object, immortalize: bool | None = None) -> Walked:
 # -- the same walk in Python (no C helper) ---------------------------------------------
 
 if sys.version_info >= (3, 14):
-    _REFCNT_FIELD: Any = ctypes.c_uint32  # the 32-bit ob_refcnt, flags beside it
-    _REFCNT_OFFSET = 0 if _LITTLE_ENDIAN else 4
-    _IMMORTAL_REFCNT = 3 << 30  # _Py_IMMORTAL_INITIAL_REFCNT
+    # the word of ob_refcnt (32 bits), ob_overflow and ob_flags (16 bits each): flags in
+    # its top 16 bits whatever the byte order, ob_overflow 0 below a count of 2**32
+    _IMMORTAL_WORD = (1 << 48) | (3 << 30)  # _Py_IMMORTAL_FLAGS, ..._INITIAL_REFCNT
 else:
-    _REFCNT_FIELD = ctypes.c_ssize_t  # the whole ob_refcnt
-    _REFCNT_OFFSET = 0
-    _IMMORTAL_REFCNT = 0xFFFFFFFF  # _Py_IMMORTAL_REFCNT
+    _IMMORTAL_WORD = 0xFFFFFFFF  # ob_refcnt = _Py_IMMORTAL_REFCNT
 
 
 def _make_immortal(obj: object) -> None:
-    _REFCNT_FIELD.from_address(id(obj) + _REFCNT_OFFSET).value = _IMMORTAL_REFCNT
+    ctypes.c_uint64.from_address(id(obj)).value = _IMMORTAL_WORD
 
 
 _is_interned = getattr(sys, "_is_interned", None)  # 3.13+; on 3.12 interned is immortal
