@@ -27,6 +27,29 @@ def header(title: str) -> None:
 MiB = 1024 * 1024
 
 
+def measure_child(fork, work) -> tuple[float, int]:
+    """Fork with ``fork``; the child runs ``work()`` and waits while the parent reads its
+    USS.  Return the seconds ``work`` took and the child's USS after it."""
+    import time
+
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = fork()
+    if pid == 0:
+        start = time.perf_counter()
+        work()
+        os.write(ready_w, f"{time.perf_counter() - start:.3f}".encode())
+        os.read(go_r, 1)
+        os._exit(0)
+    elapsed = float(os.read(ready_r, 64))
+    private = uss(pid)
+    os.write(go_w, b"x")
+    os.waitpid(pid, 0)
+    for fd in (ready_r, ready_w, go_r, go_w):
+        os.close(fd)
+    return elapsed, private
+
+
 def run_child(path: list[str], module: str, call: str, label: str, timeout: float) -> dict:
     """Run ``module.call`` in a fresh interpreter with ``path`` first on sys.path; return
     the JSON object it prints last.  Exits with a message naming ``label`` on failure."""

@@ -10,32 +10,19 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import time
 
-from _common import MiB, build_heap, header, uss
+from _common import MiB, build_heap, header, measure_child, uss
 
 import cowmp
 
 
 def measure(fork, heap_bytes: int) -> tuple[float, float]:
-    to_parent_r, to_parent_w = os.pipe()
-    to_child_r, to_child_w = os.pipe()
-    pid = fork()
-    if pid == 0:
+    def work() -> None:
         gc.enable()
-        start = time.perf_counter()
         for _ in range(3):
             gc.collect()
-        elapsed = time.perf_counter() - start
-        os.write(to_parent_w, f"{elapsed:.3f}".encode())
-        os.read(to_child_r, 1)
-        os._exit(0)
-    elapsed = float(os.read(to_parent_r, 64))
-    private = uss(pid)
-    os.write(to_child_w, b"x")
-    os.waitpid(pid, 0)
-    for fd in (to_parent_r, to_parent_w, to_child_r, to_child_w):
-        os.close(fd)
+
+    elapsed, private = measure_child(fork, work)
     return private / heap_bytes, elapsed
 
 

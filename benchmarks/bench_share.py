@@ -37,7 +37,7 @@ def child(objects: int, shared: bool) -> None:
     """One case, in a fresh interpreter: print its figures as JSON."""
     import warnings
 
-    from _common import build_heap, uss
+    from _common import build_heap, measure_child, uss
 
     import cowmp
 
@@ -53,21 +53,12 @@ def child(objects: int, shared: bool) -> None:
             warnings.simplefilter("ignore", cowmp.SharingWarning)
             cowmp.share(data)
         sharing = time.perf_counter() - start
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = cowmp.fork()
-    if pid == 0:
-        start = time.perf_counter()
+    def work() -> None:
         read_all(data)
         gc.collect()
-        os.write(ready_w, f"{time.perf_counter() - start:.3f}".encode())
-        os.read(go_r, 1)
-        cowmp.exit(0)
-    work = float(os.read(ready_r, 64))
-    private = uss(pid)
-    os.write(go_w, b"x")
-    os.waitpid(pid, 0)
-    print(json.dumps({"heap": heap, "build": built, "share": sharing, "work": work,
+
+    work_seconds, private = measure_child(cowmp.fork, work)
+    print(json.dumps({"heap": heap, "build": built, "share": sharing, "work": work_seconds,
                       "private": private, "immortal": cowmp.is_immortal(data[-1][1])}))
 
 
