@@ -37,6 +37,7 @@ from .channel import Channel, Message
 from .context import _cowfork_context as cowfork_context
 from .context import is_forking_cowfork
 from .launcher import ProcessLauncher
+from .memory import ProcessMemory, parse_size, private_bytes, processes
 from .progress import make_bar
 from .zygote import ForkServer
 
@@ -67,6 +68,9 @@ MAX_CHUNK_TASKS = 1 << 15
 STARTUP_FAILURES = 3
 #: seconds to wait for a dead worker's exit status before reporting it unknown
 STATUS_WAIT = 5.0
+#: with ``max_private_memory_per_child``, seconds between two readings of a working
+#: worker's private memory (a reading costs the kernel about 12 ms per GiB it maps)
+MEMORY_CHECK_INTERVAL = 1.0
 
 
 class WorkerDiedError(BrokenProcessPool):
@@ -267,7 +271,8 @@ class _Piece:
 
 class _Worker:
     __slots__ = ("assigned", "conn", "exitcode", "eof_at", "inflight", "inflight_bytes",
-                 "inflight_seconds", "kill_reason", "pid", "ready", "retiring", "slot")
+                 "inflight_seconds", "kill_reason", "pid", "ready", "recycling", "retiring",
+                 "slot", "worked")
 
     def __init__(self, slot: int, conn: Any) -> None:
         self.slot = slot
@@ -282,6 +287,8 @@ class _Worker:
         self.exitcode: int | None = None
         self.eof_at: float | None = None
         self.kill_reason: tuple | None = None  # (piece id, index, timeout) of a timeout
+        self.worked = False  # given work since its memory was last read
+        self.recycling = False  # over the private memory limit: leaves when idle
 
     def add(self, piece: _Piece) -> None:
         piece.estimate = piece.job.estimate(len(piece.indices))
@@ -289,6 +296,7 @@ class _Worker:
         self.inflight_bytes += piece.size
         self.inflight_seconds += piece.estimate
         self.assigned += len(piece.indices)
+        self.worked = True
 
     def done(self) -> _Piece:
         piece = self.inflight.popleft()
@@ -367,11 +375,15 @@ class _Pool:
     a forgotten executor can be collected and shut down)."""
 
     def __init__(self, max_workers: int, ctx: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None, task_timeout: float | None) -> None:
+                 max_tasks: int | None, task_timeout: float | None,
+                 max_private: int | None = None) -> None:
         self.owner = os.getpid()
         self.eager = initializer is None
         self.max_workers = max_workers
         self.max_tasks = max_tasks
+        self.max_private = max_private
+        self.memory_check_at: float | None = None  # next reading of workers' USS
+        self.recycled = 0  # workers replaced for their private memory
         self.task_timeout = task_timeout
         self.queue: collections.deque[_Piece] = collections.deque()
         self.lock = threading.Lock()
@@ -575,6 +587,7 @@ class _Pool:
                 while self.launcher.has_event():
                     self.handle_event(self.launcher.read_event())
                 self.check_deadlines()
+                self.check_memory()
         except BaseException as error:  # noqa: BLE001
             self.break_pool(f"the executor's manager thread failed: {error!r}")
         finally:
@@ -648,6 +661,8 @@ class _Pool:
                 return None
             self.queue.popleft()
             w.add(piece)
+            if self.max_private is not None and self.memory_check_at is None:
+                self.memory_check_at = time.monotonic() + MEMORY_CHECK_INTERVAL
             return piece.payload
         return None
 
@@ -710,6 +725,8 @@ class _Pool:
             if piece.job.run is not None:
                 piece.job.run.refill()
             w.retiring = w.retiring or retiring
+            if w.recycling and not w.inflight:
+                self.release(w)
         elif kind == "ready":
             w.ready = True
             self.startup_failures = 0
@@ -822,6 +839,8 @@ class _Pool:
             deadline = self.deadline(w)
             if deadline is not None:
                 deadlines.append(deadline)
+        if self.memory_check_at is not None:
+            deadlines.append(self.memory_check_at)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -855,6 +874,36 @@ class _Pool:
                 continue
             w.kill_reason = (slot[0], slot[1], w.inflight[0].job.timeout)
             self.launcher.kill(w.pid)
+
+    def check_memory(self) -> None:
+        """Read the private memory (USS) of the workers given work since the last
+        reading; one over ``max_private_memory_per_child`` takes no more work and is
+        replaced once it has finished what it has."""
+        if self.memory_check_at is None or time.monotonic() < self.memory_check_at:
+            return
+        assert self.max_private is not None
+        for w in list(self.workers.values()):
+            if not w.worked or w.pid is None or w.conn is None or w.retiring:
+                continue
+            w.worked = bool(w.inflight)
+            try:
+                private = private_bytes(w.pid)
+            except (ProcessLookupError, PermissionError):
+                continue  # it is ending: its end is handled as any other
+            if private > self.max_private:
+                w.retiring = w.recycling = True
+                self.recycled += 1
+                if not w.inflight:
+                    self.release(w)
+        busy = any(w.worked for w in self.workers.values())
+        self.memory_check_at = time.monotonic() + MEMORY_CHECK_INTERVAL if busy else None
+
+    def release(self, w: _Worker) -> None:
+        """Close an idle worker's connection: it leaves, and is replaced when its exit
+        status comes in."""
+        w.conn.close()
+        w.conn = None
+        w.eof_at = time.monotonic()
 
     def break_pool(self, message: str, cause: BaseException | None = None) -> None:
         if self.broken:
@@ -909,14 +958,19 @@ class CowProcessPoolExecutor(Executor):
     cowmp's ``"cowfork"``; a context that does not fork starts its workers as its own
     processes), ``initializer(*initargs)`` run in every worker, replacements included.
     ``max_tasks_per_child``: a worker is replaced after running that many tasks (a map
-    chunk counts its tasks).  ``task_timeout``: seconds a task may run; past it, its
+    chunk counts its tasks).  ``max_private_memory_per_child`` (bytes, or a string such
+    as ``"512MiB"``): a worker whose private memory (USS: what it has copied from the
+    shared heap or allocated itself, not the pages it shares, which RSS would count)
+    passes it takes no more work and is replaced once it has finished what it has; read
+    about once a second while it works.  ``task_timeout``: seconds a task may run; past it, its
     worker is killed and replaced and its future fails with :class:`TimeoutError`.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable[..., object] | None = None, initargs: tuple = (),
                  *, max_tasks_per_child: int | None = None,
-                 task_timeout: float | None = None) -> None:
+                 task_timeout: float | None = None,
+                 max_private_memory_per_child: int | str | None = None) -> None:
         if max_workers is None:
             max_workers = _default_workers()
         elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -932,12 +986,15 @@ class CowProcessPoolExecutor(Executor):
                 raise TypeError("max_tasks_per_child must be an int")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+        max_private = None if max_private_memory_per_child is None else parse_size(
+            max_private_memory_per_child, "max_private_memory_per_child")
         if mp_context is None:
             mp_context = cowfork_context
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._pool = _Pool(max_workers, mp_context, initializer, tuple(initargs),
-                           max_tasks_per_child, _check_timeout(task_timeout, "task_timeout"))
+                           max_tasks_per_child, _check_timeout(task_timeout, "task_timeout"),
+                           max_private)
         weakref.finalize(self, _Pool.shutdown, self._pool, False, False)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
@@ -1001,6 +1058,21 @@ class CowProcessPoolExecutor(Executor):
     def fork_server_pid(self) -> int | None:
         """The fork server's process id (None where workers are not forked)."""
         return self._pool.launcher.pid
+
+    @property
+    def recycled_workers(self) -> int:
+        """Workers replaced so far because their private memory passed
+        ``max_private_memory_per_child``."""
+        return self._pool.recycled
+
+    def memory(self) -> list[ProcessMemory]:
+        """The memory of this process (role ``"parent"``), of the fork server and of each
+        worker (see :mod:`cowmp.memory`; ``cowmp.memory.totals`` adds them up)."""
+        roles = {os.getpid(): "parent"}
+        if self.fork_server_pid is not None:
+            roles[self.fork_server_pid] = "fork server"
+        roles.update(dict.fromkeys(self.worker_pids, "worker"))
+        return processes(roles)
 
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
