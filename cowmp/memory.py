@@ -172,6 +172,8 @@ def _measure(proc: psutil.Process, role: str, copied_too: bool) -> ProcessMemory
     pid = proc.pid
     with proc.oneshot():
         ppid, name = proc.ppid(), proc.name()
+        if proc.status() == psutil.STATUS_ZOMBIE:  # ended, not yet reaped: no memory
+            raise psutil.ZombieProcess(pid)
     copied = None
     if _LINUX:
         parent = _forked_from_parent(proc) if copied_too else None
@@ -253,6 +255,9 @@ def _guess_role(proc: psutil.Process, root: int, procs: list[psutil.Process]) ->
     children = [p for p in procs if _ppid(p) == proc.pid]
     if proc.pid == root:
         return "parent" if children else "process"
+    if _forked_from_parent(proc) is not None:  # its command line is its parent's
+        forks = any(_forked_from_parent(child) is not None for child in children)
+        return "fork server" if forks else "worker"
     try:
         command = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -260,9 +265,6 @@ def _guess_role(proc: psutil.Process, root: int, procs: list[psutil.Process]) ->
     for marker, role in _ROLE_BY_COMMAND:
         if marker in command:
             return role
-    if _forked_from_parent(proc) is not None and any(
-            _forked_from_parent(child) is not None for child in children):
-        return "fork server"
     return "worker"
 
 

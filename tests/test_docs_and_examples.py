@@ -49,22 +49,3 @@ def test_readme_block_runs(index):
 def test_readme_blocks_print_what_they_claim():
     outputs = [run_script(b).stdout for b in README_BLOCKS if _fork_only(b)]
     assert outputs and "'cowfork' context" in outputs[0] and "'spawn' context" in outputs[0]
-
-
-def test_demo_quick_shows_fork_and_cowfork_side_by_side():
-    out = subprocess.run([sys.executable, "-m", "cowmp", "demo", "--quick"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0].startswith("heap: 200,000 tuples")
-    methods = [line.split()[0] for line in lines[2:]]
-    assert "cowfork" in methods
-    if "fork" in methods:   # not in the fallback mode
-        assert "cowfork workers copied" in lines[-1]
-
-
-def test_demo_rejects_bad_arguments():
-    out = subprocess.run([sys.executable, "-m", "cowmp", "demo", "--workers", "0"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert "--objects and --workers must be positive" in out.stderr

@@ -1,0 +1,97 @@
+"""``python -m cowmp demo``: the same workload under each start method, side by side."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+import cowmp
+from cowmp import demo
+from cowmp.__main__ import main
+from cowmp.immortal import CAN_IMMORTALIZE
+
+
+def _demo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cowmp", "demo", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _table(stdout: str) -> dict[str, list[str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("start method"))
+    rows = {}
+    for line in lines[start + 1:]:
+        label = line[:18].strip()
+        if not label or label.startswith(("cowmp.share", "Python", "total", "chart")):
+            break
+        rows[label] = line[18:].split()
+    return rows
+
+
+def test_quick_demo_prints_every_method_side_by_side():
+    out = _demo("--quick")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("data set: 150,000 tuples")
+    table = _table(out.stdout)
+    methods = [label.split()[0] for label in table]
+    assert methods[-1] == "cowfork" and "loky" in methods
+    assert ("forkserver" in methods or "spawn" in methods)
+    for figures in table.values():  # total PSS, private/worker, %, start-up, work
+        assert figures[1] == "MiB" and figures[3] == "MiB"
+        assert float(figures[0].replace(",", "")) > 0 and float(figures[5]) >= 0
+    if not cowmp.FALLBACK and CAN_IMMORTALIZE:
+        cow = float(table["cowfork + share()"][2])
+        fork = float(table["fork"][2])
+        assert cow < fork / 4, (cow, fork)  # the workers copied what they read under fork
+        assert "cowmp.share() took" in out.stdout
+
+
+def test_run_method_reports_each_worker():
+    demo.build(20_000)
+    try:
+        row = demo.run_method("cowfork", 2, share=False)
+    finally:
+        demo._release_data()
+    assert row.workers == 2 and len(row.worker_private) == 2 and len(row.worker_pss) == 2
+    assert row.total_pss >= row.parent_pss + sum(row.worker_pss)
+    assert not row.shared and row.label == "cowfork"
+
+
+def test_run_method_needs_a_data_set():
+    with pytest.raises(RuntimeError, match="build the data set first"):
+        demo.run_method("cowfork", 1)
+
+
+def test_plot_writes_a_png(tmp_path):
+    if importlib.util.find_spec("matplotlib") is None:  # not imported: numpy starts threads
+        pytest.skip("matplotlib is not installed (optional extra 'plot')")
+    path = tmp_path / "demo.png"
+    out = _demo("--objects", "20000", "--workers", "1", "--methods", "spawn,cowfork",
+                "--plot", str(path))
+    assert out.returncode == 0, out.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"chart written to {path}" in out.stdout
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--quick", "--plot", "x.png"])
+    assert exit_info.value.code == 2
+    assert "--plot needs matplotlib: pip install 'cowmp[plot]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--workers", "0"], "must be positive"),
+    (["--objects", "-5"], "must be positive"),
+    (["--objects", "many"], "not a number"),
+    (["--methods", "fork,threads"], "unknown start method 'threads'"),
+    (["--methods", ","], "names no start method"),
+])
+def test_demo_rejects_bad_arguments(args, message):
+    out = _demo(*args, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr

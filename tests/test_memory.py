@@ -1,0 +1,347 @@
+"""cowmp.memory, ``python -m cowmp mem`` and the executor's memory reports and recycling."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from conftest import requires_fork
+
+import cowmp
+import cowmp.executor
+from cowmp import memory
+from cowmp.__main__ import mem
+
+MiB = 1024 * 1024
+LINUX = sys.platform.startswith("linux")
+requires_proc = pytest.mark.skipif(not LINUX, reason="copied and PSS need Linux's /proc")
+
+KEEP: list = []
+
+
+def _hold(ready, release):  # type: ignore[no-untyped-def]
+    ready.put(os.getpid())
+    release.wait(60)
+
+
+def _grow(mib: int) -> int:
+    KEEP.append(bytearray(b"\x01") * (mib * MiB))
+    return os.getpid()
+
+
+def _pid(_=None) -> int:  # type: ignore[no-untyped-def]
+    return os.getpid()
+
+
+def _read_all(_=None) -> int:  # type: ignore[no-untyped-def]
+    assert sum(BIG[i] for i in range(0, len(BIG), 4096)) >= 0
+    return os.getpid()
+
+
+BIG = b""
+
+
+@pytest.fixture
+def held(ctx):
+    """Two cowfork children that hold still until the test ends."""
+    ready, release = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_hold, args=(ready, release)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    pids = [ready.get(timeout=60) for _ in procs]
+    yield pids
+    release.set()
+    for p in procs:
+        p.join(30)
+
+
+def _close(a: int | None, b: int | None, slack: int = 2 * MiB) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= max(slack, 0.02 * max(a, b))
+
+
+@requires_proc
+def test_tree_agrees_with_psutil_on_a_live_tree(held):
+    rows = memory.tree()
+    by_pid = {row.pid: row for row in rows}
+    assert rows[0].pid == os.getpid() and rows[0].role == "parent"
+    assert set(held) <= set(by_pid)
+    for pid in held:
+        row, info = by_pid[pid], psutil.Process(pid).memory_full_info()
+        assert row.role == "worker" and row.ppid == os.getpid()
+        assert _close(row.rss, info.rss) and _close(row.uss, info.uss)
+        assert _close(row.pss, info.pss)
+        assert row.shared == pytest.approx(row.rss - row.uss, abs=2 * MiB)
+        assert row.uss < row.rss
+        if cowmp.FALLBACK:  # spawned: nothing inherited
+            assert row.copied is None
+        else:
+            assert row.copied is not None and row.copied <= row.uss
+    totals = memory.totals(rows)
+    assert totals["pss"] == sum(row.pss for row in rows)
+    assert totals["rss"] == sum(row.rss for row in rows)
+
+
+@requires_proc
+@requires_fork
+def test_copied_counts_copies_of_inherited_pages_not_new_memory(ctx):
+    inherited = bytearray(b"\x01") * (48 * MiB)  # resident in the parent before the fork
+    result = ctx.Queue()
+    release = ctx.Event()
+
+    def touch_inherited():
+        for i in range(0, len(inherited), 4096):
+            inherited[i] = 2  # each write copies one page
+        result.put(os.getpid())
+        release.wait(60)
+
+    def allocate_new():
+        KEEP.append(bytearray(b"\x01") * (48 * MiB))  # a new mapping: nothing copied
+        result.put(os.getpid())
+        release.wait(60)
+
+    procs = [ctx.Process(target=f) for f in (touch_inherited, allocate_new)]
+    try:
+        rows = {}
+        for p in procs:
+            p.start()
+            pid = result.get(timeout=60)
+            rows[pid] = memory.process(pid)
+        copier, allocator = rows[procs[0].pid], rows[procs[1].pid]
+        assert copier.copied >= 46 * MiB and copier.uss >= 46 * MiB
+        assert allocator.uss >= 46 * MiB
+        assert allocator.copied < 10 * MiB
+        assert memory.copied_since_fork(procs[0].pid) >= 46 * MiB
+    finally:
+        release.set()
+        for p in procs:
+            p.join(30)
+
+
+def test_a_spawned_process_has_no_copied_figure():
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Queue(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(ready, release))
+    p.start()
+    try:
+        pid = ready.get(timeout=60)
+        row = memory.process(pid, "worker")
+        assert row.copied is None and row.role == "worker" and row.uss > 0
+    finally:
+        release.set()
+        p.join(30)
+
+
+def test_bad_pids_are_named_in_the_error():
+    with pytest.raises(ProcessLookupError, match="no process with pid 999999999"):
+        memory.process(999999999)
+    with pytest.raises(ProcessLookupError, match="no process with pid"):
+        memory.tree(999999999)
+    with pytest.raises(TypeError, match="pid must be an int"):
+        memory.process("1")  # type: ignore[arg-type]
+    assert memory.processes({999999999: "worker"}) == []  # ended: left out
+
+
+def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
+    def refuse(pid, *args):  # type: ignore[no-untyped-def]
+        raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(memory, "_measure", refuse)
+    with pytest.raises(PermissionError, match=f"process {os.getpid()}: permission denied"):
+        memory.process()
+    lines: list[str] = []
+    assert mem(os.getpid(), False, None, out=lines.append) == 1 and not lines
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    (1000, 1000), ("512MiB", 512 * MiB), ("1.5 GiB", 3 * 512 * MiB), ("2GB", 2 * 10**9),
+    ("300M", 300 * MiB), ("10k", 10240), ("7 B", 7)])
+def test_parse_size(text, size):
+    assert memory.parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["abc", "", "GiB", "5 XB", "inf", "nan", 0, -3, "-5M"])
+def test_parse_size_rejects_what_is_not_a_size(bad):
+    with pytest.raises(ValueError, match="limit"):
+        memory.parse_size(bad, "limit")
+
+
+@pytest.mark.parametrize("bad", [1.5, True, None, [1]])
+def test_parse_size_rejects_other_types(bad):
+    with pytest.raises(TypeError, match="limit must be a number of bytes"):
+        memory.parse_size(bad, "limit")
+
+
+# -- python -m cowmp mem --------------------------------------------------------------------
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cowmp", "mem", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@requires_proc
+def test_mem_json_lists_the_tree_with_psutils_figures(held):
+    out = _cli(str(os.getpid()), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert isinstance(rows, list)
+    by_pid = {row["pid"]: row for row in rows}
+    assert by_pid[os.getpid()]["role"] == "parent"
+    for pid in held:
+        row, info = by_pid[pid], psutil.Process(pid).memory_full_info()
+        assert {"pid", "rss", "uss", "pss", "shared", "role", "copied"} <= set(row)
+        assert _close(row["rss"], info.rss) and _close(row["uss"], info.uss)
+        assert _close(row["pss"], info.pss)
+
+
+@requires_proc
+def test_mem_table_has_a_line_per_process_and_totals(held):
+    out = _cli(str(os.getpid()))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["PID", "PPID", "ROLE"]
+    listed = {int(line.split()[0]) for line in lines[1:] if line.split()[0].isdigit()}
+    assert set(held) | {os.getpid()} <= listed
+    total = next(line for line in lines if line.split()[0] == "total")
+    pss_total = float(total.split()[-3].replace(",", ""))  # PSS SHARED COPIED
+    rows = [line.split() for line in lines[1:] if line.split()[0].isdigit()]
+    pss = [float(r[-4].replace(",", "")) for r in rows]  # PSS SHARED COPIED NAME
+    assert pss_total == pytest.approx(sum(pss), abs=0.1 * len(rows))
+
+
+def test_mem_watch_reads_again_until_the_process_ends():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    try:
+        out = _cli(str(sleeper.pid), "--watch", "0.2", "--json")
+    finally:
+        sleeper.wait(10)
+    assert out.returncode == 0, out.stderr
+    readings = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(readings) >= 3
+    assert all(reading[0]["pid"] == sleeper.pid for reading in readings)
+
+
+def test_mem_watch_rounds_in_process():
+    lines: list[str] = []
+    assert mem(os.getpid(), True, 0.05, out=lines.append, rounds=3) == 0
+    assert len(lines) == 3 and json.loads(lines[0])[0]["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["999999999"], "no process with pid 999999999"),
+    (["0"], "must be positive"),
+    (["abc"], "not a number"),
+    (["1", "--watch", "-1"], "must be positive"),
+])
+def test_mem_rejects_bad_input(args, message):
+    out = _cli(*args)
+    assert out.returncode in (1, 2)
+    assert message in out.stderr
+
+
+# -- the executor ---------------------------------------------------------------------------
+
+
+@requires_fork
+def test_executor_reports_parent_fork_server_and_workers():
+    with cowmp.CowProcessPoolExecutor(2) as executor:
+        list(executor.map(_pid, range(4)))
+        deadline = time.monotonic() + 30
+        while len(executor.worker_pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a worker's pid is known once the fork server reports it
+        rows = executor.memory()
+        roles = {row.pid: row.role for row in rows}
+        assert roles[os.getpid()] == "parent"
+        assert roles[executor.fork_server_pid] == "fork server"
+        assert sorted(pid for pid, role in roles.items() if role == "worker") == sorted(
+            executor.worker_pids)
+        if LINUX:
+            # the tree's own guesses agree with what the executor knows
+            guessed = {row.pid: row.role for row in memory.tree()}
+            assert guessed[executor.fork_server_pid] == "fork server"
+            assert all(guessed[pid] == "worker" for pid in executor.worker_pids)
+            assert all(row.copied is not None for row in rows if row.role == "worker")
+
+
+@requires_proc
+def test_tree_names_multiprocessing_helpers():
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(1) as pool:
+        pool.apply(_pid)
+        roles = {row.role for row in memory.tree()}
+    assert {"parent", "fork server", "worker"} <= roles
+
+
+@pytest.fixture
+def quick_checks(monkeypatch):
+    monkeypatch.setattr(cowmp.executor, "MEMORY_CHECK_INTERVAL", 0.05)
+
+
+@pytest.mark.parametrize("method", [None, "spawn"])
+def test_a_worker_over_its_private_memory_limit_is_replaced(quick_checks, method):
+    ctx = None if method is None else multiprocessing.get_context(method)
+    with cowmp.CowProcessPoolExecutor(1, mp_context=ctx,
+                                      max_private_memory_per_child="90MiB") as executor:
+        pids = []
+        for _ in range(10):
+            pids.append(executor.submit(_grow, 25).result(timeout=60))
+            time.sleep(0.15)  # a reading between two tasks
+        assert executor.recycled_workers >= 2
+        # each worker ran a few tasks of 25 MiB, never far past 90 MiB
+        runs = [len(list(group)) for group in _runs(pids)]
+        assert len(runs) >= 3 and max(runs) <= 4
+
+
+def _runs(values):  # type: ignore[no-untyped-def]
+    import itertools
+
+    return (group for _, group in itertools.groupby(values))
+
+
+def test_a_worker_under_its_limit_is_kept(quick_checks):
+    with cowmp.CowProcessPoolExecutor(1, max_private_memory_per_child="1GiB") as executor:
+        pids = {executor.submit(_grow, 5).result(timeout=60) for _ in range(5)}
+        time.sleep(0.2)
+        assert len(pids) == 1 and executor.recycled_workers == 0
+
+
+@requires_proc
+@requires_fork
+def test_memory_shared_with_the_parent_does_not_count(quick_checks):
+    global BIG
+    BIG = bytes(range(256)) * (160 * MiB // 256)  # read by the workers, never written
+    try:
+        with cowmp.CowProcessPoolExecutor(
+                2, max_private_memory_per_child="100MiB") as executor:
+            pids = set(executor.map(_read_all, range(8), chunksize=1))
+            time.sleep(0.3)
+            rss = [psutil.Process(pid).memory_info().rss for pid in executor.worker_pids]
+            assert min(rss) > 100 * MiB  # RSS would recycle them
+            assert executor.recycled_workers == 0 and pids <= set(executor.worker_pids)
+    finally:
+        BIG = b""
+
+
+def test_map_loses_no_result_while_workers_are_recycled(quick_checks):
+    with cowmp.CowProcessPoolExecutor(2, max_private_memory_per_child="40MiB") as executor:
+        pids = list(executor.map(_grow, [1] * 150, chunksize=2))
+        assert len(pids) == 150
+        assert executor.recycled_workers >= 1 and len(set(pids)) >= 3
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("lots", ValueError), (0, ValueError), (1.5, TypeError), ("-1GiB", ValueError)])
+def test_bad_memory_limit_is_rejected_before_any_worker_starts(value, error):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(error, match="max_private_memory_per_child"):
+        cowmp.CowProcessPoolExecutor(1, max_private_memory_per_child=value)
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before
