@@ -1,7 +1,9 @@
-"""Shared by the benchmarks: building the inherited heap, measuring memory (USS, never RSS)."""
+"""Shared by the benchmarks: building the inherited heap, measuring memory (USS, never RSS),
+recording key figures for ``run_all.py``."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -25,6 +27,23 @@ def header(title: str) -> None:
 
 
 MiB = 1024 * 1024
+
+#: names a file to which :func:`record` appends its figures (set by ``run_all.py``)
+RESULTS_ENV = "COWMP_BENCH_RESULTS"
+
+
+def record(name: str, figures: dict) -> None:
+    """Append ``{"bench": name, **figures}`` as one JSON line to the file that the
+    environment variable ``COWMP_BENCH_RESULTS`` names; nothing when it is not set.
+
+    ``run_all.py`` turns the records of a benchmark into tables (records with the same keys
+    form one table, a row each) and charts.  Keys end with their unit: ``_mib`` (MiB),
+    ``_s`` (seconds), ``_pct`` (percent), ``_us`` (microseconds)."""
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps({"bench": name, **figures}) + "\n")
 
 
 def measure_child(fork, work) -> tuple[float, int]:
@@ -53,7 +72,6 @@ def measure_child(fork, work) -> tuple[float, int]:
 def run_child(path: list[str], module: str, call: str, label: str, timeout: float) -> dict:
     """Run ``module.call`` in a fresh interpreter with ``path`` first on sys.path; return
     the JSON object it prints last.  Exits with a message naming ``label`` on failure."""
-    import json
     import subprocess
 
     code = f"import sys; sys.path[:0] = {path!r}; import {module}; {module}.{call}"

@@ -172,7 +172,7 @@ def main() -> None:
     if unknown or not libraries:
         parser.error(f"--only: unknown {unknown}; choose among {', '.join(LIBRARIES)}")
 
-    from _common import header
+    from _common import header, record
 
     header(f"Executor throughput: {args.tasks:,} tiny tasks on {args.workers} workers, "
            f"median of {args.repeat} rounds (round-robin, fresh interpreter per measurement)")
@@ -207,12 +207,22 @@ def main() -> None:
             ratio = f"{t['map'] / cow:7.2f}" if cow else f"{'-':>7}"
             print(f"{LIBRARIES[lib]:30} {t['map']:8.3f} {t['map'] / args.tasks * 1e6:8.1f} "
                   f"{ratio} {t['create']:9.3f} {t['warm']:10.3f} {t['shutdown']:11.3f}")
+            record("executor", {"mode": mode, "library": LIBRARIES[lib], "tasks": args.tasks,
+                                "workers": args.workers, "rounds": args.repeat,
+                                "map_s": t["map"], "per_task_us": t["map"] / args.tasks * 1e6,
+                                "create_s": t["create"], "warm_up_s": t["warm"],
+                                "shutdown_s": t["shutdown"]})
         peers = [med[lib]["map"] for lib in libraries if lib != "cowmp"]
         if cow is None or not peers:
             verdict = "n/a (cowmp and at least one peer are needed)"
         else:
             verdict = "PASS" if cow <= min(peers) else "FAIL"
         print(f"target cowmp at least as fast as the fastest peer ({mode}): {verdict}")
+        record("executor", {"target": f"cowmp maps at least as fast as the fastest peer "
+                                      f"({mode})",
+                            "measured": f"{cow:.3f} s vs {min(peers):.3f} s"
+                                        if cow is not None and peers else "-",
+                            "result": verdict})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 
-from _common import MiB, header
+from _common import MiB, header, record
 
 CHILD = r"""
 import gc, json, sys, multiprocessing
@@ -83,10 +83,17 @@ def main() -> None:
             results[scenario, method, policy] = growth
             label = method if method == "fork" else f"cowfork ({policy})"
             print(f"{scenario:17} {label:18} parent grew {growth:8.1f} MiB")
+            record("parent_policy", {"scenario": scenario, "method": label,
+                                     "children": args.children, "heap_tuples": args.objects,
+                                     "parent_growth_mib": growth})
     fork = results["between", "fork", "auto"]
     cow = results["between", "cowfork", "auto"]
     print(f"difference cowfork - fork (garbage between forks): {cow - fork:+.1f} MiB")
     print(f"target <= fork + 30 MiB: {'PASS' if cow <= fork + 30 else 'FAIL'}")
+    record("parent_policy", {"target": "cowfork parent grows at most fork's growth + 30 MiB "
+                                       "(garbage between forks)",
+                             "measured": f"{cow - fork:+.1f} MiB",
+                             "result": "PASS" if cow <= fork + 30 else "FAIL"})
 
 
 if __name__ == "__main__":

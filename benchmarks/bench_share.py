@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=2_000_000)
     args = parser.parse_args()
     sys.path[:0] = PATH
-    from _common import MiB, header, run_child
+    from _common import MiB, header, record, run_child
 
     header(f"A cowfork child reads {args.objects:,} shared tuples, then collects")
     cases = {}
@@ -80,13 +80,25 @@ def main() -> None:
               f"share {m['share']:5.2f} s  child read+collect {m['work']:5.2f} s  "
               f"child private {m['private'] / MiB:7.1f} MiB = "
               f"{m['private'] / m['heap']:6.1%} of the heap", flush=True)
+        record("share", {"case": label, "heap_mib": m["heap"] / MiB, "build_s": m["build"],
+                         "share_s": m["share"], "read_collect_s": m["work"],
+                         "child_private_mib": m["private"] / MiB,
+                         "child_private_pct": 100 * m["private"] / m["heap"],
+                         "immortal": m["immortal"]})
     plain, shared_case = cases["no share()"], cases["share()"]
     private = shared_case["private"] / shared_case["heap"]
     speed = shared_case["share"] / shared_case["build"]
     print(f"private memory, share() / no share(): "
           f"{shared_case['private'] / plain['private']:.3f}")
     print(f"share() time / build time: {speed:.2f}")
-    if not shared_case["immortal"]:
+    judged = shared_case["immortal"]
+    record("share", {"target": "child private at most 1% of the heap with share()",
+                     "measured": f"{private:.2%}",
+                     "result": ("PASS" if private <= 0.01 else "FAIL") if judged else "not judged"})
+    record("share", {"target": "share() takes at most half the build time",
+                     "measured": f"{speed:.2f}",
+                     "result": ("PASS" if speed <= 0.5 else "FAIL") if judged else "not judged"})
+    if not judged:
         print("targets not judged: this interpreter cannot make objects immortal")
         return
     print(f"target child private <= 1% of the heap with share(): "

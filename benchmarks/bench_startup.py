@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
 
-    from _common import MiB, header
+    from _common import MiB, header, record
 
     header(f"Executor start-up beside a {args.gib:g} GiB heap: {args.workers} workers, "
            f"each executor kind in a fresh interpreter")
@@ -156,6 +156,11 @@ def main() -> None:
               f"{m['all']:7.3f} {m['all'] / cow['all']:6.2f} "
               f"{m['workers_used']:>8} {m['pss'] / MiB:8.0f} {m['pss'] / cow['pss']:6.2f} "
               f"{m['processes']:>6}{note}")
+        record("startup", {"executor": label, "workers": args.workers,
+                           "heap_mib": m["heap"] / MiB, "first_result_s": m["first"],
+                           "all_workers_s": m["all"], "workers_used": m["workers_used"],
+                           "total_pss_mib": m["pss"] / MiB, "processes": m["processes"],
+                           "pss_read_during_tasks": m["pss_during_tasks"]})
 
 
 if __name__ == "__main__":

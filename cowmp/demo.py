@@ -45,6 +45,7 @@ METHODS = ("fork", "forkserver", "spawn", "loky", "cowfork")
 TIMEOUT = 600.0
 
 _data: list | None = None  # the data set, built by build() in the parent
+_heap = [0]  # its size in bytes (USS growth while it was built), for the rows
 
 
 @dataclass
@@ -84,7 +85,8 @@ def build(objects: int) -> tuple[int, float]:
     before = memory.private_bytes()
     start = time.perf_counter()
     _data = make_data(objects)
-    return memory.private_bytes() - before, time.perf_counter() - start
+    _heap[0] = memory.private_bytes() - before
+    return _heap[0], time.perf_counter() - start
 
 
 def read_and_collect(data: list) -> int:
@@ -180,9 +182,6 @@ def run_method(method: str, workers: int, *, share: bool = True) -> Row:
                shared=shared)
 
 
-_heap = [0]  # bytes of the data set, for the rows
-
-
 def available_methods() -> list[str]:
     """The default methods: fork, forkserver (else spawn), loky, cowfork; those this
     system has."""
@@ -262,8 +261,8 @@ def main(objects: int = DEFAULT_OBJECTS, workers: int = DEFAULT_WORKERS,
          plot: str | None = None, out: Callable[[str], object] = print) -> list[Row]:
     """Build the data set, run every method, print the table; return the rows."""
     methods = list(methods or available_methods())
-    _heap[0], seconds = build(objects)
-    out(f"data set: {objects:,} tuples (i, str(i), [i]) = {_heap[0] / MiB:,.0f} MiB, built "
+    heap, seconds = build(objects)
+    out(f"data set: {objects:,} tuples (i, str(i), [i]) = {heap / MiB:,.0f} MiB, built "
         f"in {seconds:.1f} s; {workers} workers per start method read every object, then "
         "collect")
     if FALLBACK:

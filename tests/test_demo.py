@@ -50,14 +50,14 @@ def test_quick_demo_prints_every_method_side_by_side():
 
 
 def test_run_method_reports_each_worker():
-    demo.build(20_000)
+    heap, _ = demo.build(20_000)
     try:
         row = demo.run_method("cowfork", 2, share=False)
     finally:
         demo._release_data()
     assert row.workers == 2 and len(row.worker_private) == 2 and len(row.worker_pss) == 2
     assert row.total_pss >= row.parent_pss + sum(row.worker_pss)
-    assert not row.shared and row.label == "cowfork"
+    assert not row.shared and row.label == "cowfork" and row.heap == heap > 0
 
 
 def test_run_method_needs_a_data_set():
