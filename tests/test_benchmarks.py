@@ -1,0 +1,37 @@
+"""The benchmark runner: one command writes RESULTS.md with figures, machine and charts."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_run_all_writes_results_with_figures_and_a_chart(tmp_path):
+    out_file = tmp_path / "RESULTS.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--quiet",
+         "--only", "gc", "--out", str(out_file)],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = out_file.read_text()
+    assert "## bench_gc" in text and "## bench_share" not in text
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in text  # the Python
+    assert "cores" in text  # the machine
+    assert "| fork" in text and "cowfork" in text  # the figures, as a table
+    if importlib.util.find_spec("matplotlib") is not None:
+        chart = tmp_path / "results" / "gc.png"
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "](results/gc.png)" in text
+    else:
+        assert "pip install 'cowmp[plot]'" in text
+
+
+def test_run_all_rejects_an_unknown_benchmark(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only", "nothing",
+         "--out", str(tmp_path / "R.md")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "no benchmark 'nothing'" in run.stderr
+    assert not (tmp_path / "R.md").exists()
