@@ -35,6 +35,11 @@ def _grow(mib: int) -> int:
     return os.getpid()
 
 
+def _grow_slowly(mib: int) -> int:
+    time.sleep(0.005)  # long enough for a map to span several readings
+    return _grow(mib)
+
+
 def _pid(_=None) -> int:  # type: ignore[no-untyped-def]
     return os.getpid()
 
@@ -332,7 +337,7 @@ def test_memory_shared_with_the_parent_does_not_count(quick_checks):
 
 def test_map_loses_no_result_while_workers_are_recycled(quick_checks):
     with cowmp.CowProcessPoolExecutor(2, max_private_memory_per_child="40MiB") as executor:
-        pids = list(executor.map(_grow, [1] * 150, chunksize=2))
+        pids = list(executor.map(_grow_slowly, [1] * 150, chunksize=2))
         assert len(pids) == 150
         assert executor.recycled_workers >= 1 and len(set(pids)) >= 3
 
