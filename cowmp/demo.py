@@ -170,14 +170,11 @@ def run_method(method: str, workers: int, *, share: bool = True) -> Row:
                 p.kill()
                 p.join()
     by_pid = {row.pid: row for row in rows}
-
-    def pss(row: memory.ProcessMemory) -> int:
-        return row.uss if row.pss is None else row.pss
-
     return Row(method=method, workers=workers, heap=_heap[0],
-               total_pss=sum(pss(row) for row in rows), parent_pss=pss(by_pid[os.getpid()]),
+               total_pss=sum(row.proportional for row in rows),
+               parent_pss=by_pid[os.getpid()].proportional,
                worker_private=[by_pid[pid].uss for pid in pids if pid in by_pid],
-               worker_pss=[pss(by_pid[pid]) for pid in pids if pid in by_pid],
+               worker_pss=[by_pid[pid].proportional for pid in pids if pid in by_pid],
                startup_seconds=ready, work_seconds=work, share_seconds=share_seconds,
                shared=shared)
 

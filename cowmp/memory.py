@@ -65,6 +65,11 @@ class ProcessMemory:
         """Same as ``uss``: the bytes that no other process shares."""
         return self.uss
 
+    @property
+    def proportional(self) -> int:
+        """``pss``, or ``uss`` where the system has no PSS."""
+        return self.uss if self.pss is None else self.pss
+
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
@@ -232,8 +237,7 @@ def private_bytes(pid: int | None = None) -> int:
 def proportional_bytes(pid: int | None = None) -> int:
     """PSS of ``pid``: its private bytes plus its share of each shared page (its USS
     where the system has no PSS)."""
-    figures = process(pid, copied=False)
-    return figures.uss if figures.pss is None else figures.pss
+    return process(pid, copied=False).proportional
 
 
 def copied_since_fork(pid: int | None = None) -> int | None:
@@ -251,13 +255,24 @@ _ROLE_BY_COMMAND = (
 )
 
 
-def _guess_role(proc: psutil.Process, root: int, procs: list[psutil.Process]) -> str:
-    children = [p for p in procs if _ppid(p) == proc.pid]
-    if proc.pid == root:
-        return "parent" if children else "process"
-    if _forked_from_parent(proc) is not None:  # its command line is its parent's
-        forks = any(_forked_from_parent(child) is not None for child in children)
-        return "fork server" if forks else "worker"
+def _guess_roles(procs: list[psutil.Process]) -> dict[int, str]:
+    """Each process's role in the tree ``procs`` (its root first)."""
+    forked = {proc.pid for proc in procs if _forked_from_parent(proc) is not None}
+    parents = {proc.pid: _ppid(proc) for proc in procs}
+    roles = {}
+    for proc in procs:
+        children = [pid for pid, ppid in parents.items() if ppid == proc.pid]
+        if proc is procs[0]:
+            roles[proc.pid] = "parent" if children else "process"
+        elif proc.pid in forked:  # its command line is its parent's
+            forks = any(child in forked for child in children)
+            roles[proc.pid] = "fork server" if forks else "worker"
+        else:
+            roles[proc.pid] = _role_by_command(proc)
+    return roles
+
+
+def _role_by_command(proc: psutil.Process) -> str:
     try:
         command = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -296,10 +311,10 @@ def tree(pid: int | None = None, roles: Mapping[int, str] | None = None) -> list
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         raise ProcessLookupError(f"no process with pid {root.pid}") from None
-    given = dict(roles or {})
+    given = {**_guess_roles(procs), **(roles or {})}
     rows = []
     for proc in procs:
-        role = given.get(proc.pid) or _guess_role(proc, root.pid, procs)
+        role = given[proc.pid]
         try:
             rows.append(_read(proc, role))
         except ProcessLookupError:
