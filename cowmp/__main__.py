@@ -6,7 +6,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .memory import ProcessMemory
 
 MiB = 1024 * 1024
 
@@ -15,7 +19,7 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MiB:,.1f}"
 
 
-def format_tree(rows: list, totals: dict) -> str:  # type: ignore[type-arg]
+def format_tree(rows: Sequence[ProcessMemory], totals: Mapping[str, int | None]) -> str:
     """The ``mem`` table: one line per process, then the totals."""
     header = (f"{'PID':>8} {'PPID':>8}  {'ROLE':16} {'RSS MiB':>10} {'USS MiB':>10} "
               f"{'PSS MiB':>10} {'SHARED MiB':>11} {'COPIED MiB':>11}  NAME")
