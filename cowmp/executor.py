@@ -706,9 +706,7 @@ class _Pool:
         try:
             messages = conn.receive()
         except (EOFError, OSError):
-            conn.close()
-            w.conn = None
-            w.eof_at = time.monotonic()
+            self.release(w)
             if w.exitcode is not None:
                 self.worker_ended(w)
             return
@@ -899,8 +897,8 @@ class _Pool:
         self.memory_check_at = time.monotonic() + MEMORY_CHECK_INTERVAL if busy else None
 
     def release(self, w: _Worker) -> None:
-        """Close an idle worker's connection: it leaves, and is replaced when its exit
-        status comes in."""
+        """Close a worker's connection (it has closed its end, or is idle and to leave):
+        it is replaced when its exit status comes in."""
         w.conn.close()
         w.conn = None
         w.eof_at = time.monotonic()
