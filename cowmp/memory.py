@@ -173,7 +173,10 @@ def _forked_from_parent(proc: psutil.Process) -> psutil.Process | None:
     return None
 
 
-def _measure(proc: psutil.Process, role: str, copied_too: bool) -> ProcessMemory:
+def _measure(proc: psutil.Process, role: str,
+             parent: psutil.Process | None) -> ProcessMemory:
+    """``proc``'s figures; ``copied`` against ``parent``, the process it was forked from
+    (None: no ``copied``)."""
     pid = proc.pid
     with proc.oneshot():
         ppid, name = proc.ppid(), proc.name()
@@ -181,7 +184,6 @@ def _measure(proc: psutil.Process, role: str, copied_too: bool) -> ProcessMemory
             raise psutil.ZombieProcess(pid)
     copied = None
     if _LINUX:
-        parent = _forked_from_parent(proc) if copied_too else None
         figures, mappings = _read_smaps(pid, by_mapping=parent is not None)
         if parent is not None:
             try:
@@ -209,9 +211,10 @@ def _process(pid: int | None) -> psutil.Process:
         raise ProcessLookupError(f"no process with pid {pid}") from None
 
 
-def _read(proc: psutil.Process, role: str, copied: bool = True) -> ProcessMemory:
+def _read(proc: psutil.Process, role: str, parent: psutil.Process | None) -> ProcessMemory:
+    """``_measure`` with errors that name the process."""
     try:
-        return _measure(proc, role, copied)
+        return _measure(proc, role, parent)
     except psutil.AccessDenied:
         raise PermissionError(
             f"cannot read the memory of process {proc.pid}: permission denied (run as "
@@ -226,7 +229,8 @@ def process(pid: int | None = None, role: str = "process", *,
     ``copied`` figure (it reads every mapping: about half as long again).
     ``ProcessLookupError`` if there is no such process, ``PermissionError`` if its
     memory cannot be read."""
-    return _read(_process(pid), role, copied)
+    proc = _process(pid)
+    return _read(proc, role, _forked_from_parent(proc) if copied else None)
 
 
 def private_bytes(pid: int | None = None) -> int:
@@ -255,17 +259,19 @@ _ROLE_BY_COMMAND = (
 )
 
 
-def _guess_roles(procs: list[psutil.Process]) -> dict[int, str]:
-    """Each process's role in the tree ``procs`` (its root first)."""
-    forked = {proc.pid for proc in procs if _forked_from_parent(proc) is not None}
+def _guess_roles(procs: list[psutil.Process],
+                 forked: Mapping[int, psutil.Process | None]) -> dict[int, str]:
+    """Each process's role in the tree ``procs`` (its root first); ``forked``: pid ->
+    the process it was forked from, or None."""
+    was_forked = {pid for pid, parent in forked.items() if parent is not None}
     parents = {proc.pid: _ppid(proc) for proc in procs}
     roles = {}
     for proc in procs:
         children = [pid for pid, ppid in parents.items() if ppid == proc.pid]
         if proc is procs[0]:
             roles[proc.pid] = "parent" if children else "process"
-        elif proc.pid in forked:  # its command line is its parent's
-            forks = any(child in forked for child in children)
+        elif proc.pid in was_forked:  # its command line is its parent's
+            forks = any(child in was_forked for child in children)
             roles[proc.pid] = "fork server" if forks else "worker"
         else:
             roles[proc.pid] = _role_by_command(proc)
@@ -296,7 +302,8 @@ def processes(roles: Mapping[int, str]) -> list[ProcessMemory]:
     rows = []
     for pid, role in roles.items():
         try:
-            rows.append(_read(_process(pid), role))
+            proc = _process(pid)
+            rows.append(_read(proc, role, _forked_from_parent(proc)))
         except ProcessLookupError:
             continue
     return rows
@@ -311,12 +318,12 @@ def tree(pid: int | None = None, roles: Mapping[int, str] | None = None) -> list
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         raise ProcessLookupError(f"no process with pid {root.pid}") from None
-    given = {**_guess_roles(procs), **(roles or {})}
+    forked = {proc.pid: _forked_from_parent(proc) for proc in procs}
+    given = {**_guess_roles(procs, forked), **(roles or {})}
     rows = []
     for proc in procs:
-        role = given[proc.pid]
         try:
-            rows.append(_read(proc, role))
+            rows.append(_read(proc, given[proc.pid], forked[proc.pid]))
         except ProcessLookupError:
             if proc is root:
                 raise
