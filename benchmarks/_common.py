@@ -12,8 +12,11 @@ import psutil
 
 
 def build_heap(n: int) -> list:
-    """DESIGN §1's heap: ``n`` tuples ``(i, str(i), [i])`` (2,000,000 ≈ 480 MiB)."""
-    return [(i, str(i), [i]) for i in range(n)]
+    """DESIGN §1's heap: ``n`` tuples ``(i, str(i), [i])`` (2,000,000 ≈ 480 MiB), as the
+    demo builds it."""
+    from cowmp.demo import make_data
+
+    return make_data(n)
 
 
 def uss(pid: int | None = None) -> int:

@@ -15,7 +15,6 @@ Usage: python benchmarks/bench_share.py [--objects 2000000]
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -26,13 +25,6 @@ ROOT = os.path.dirname(HERE)
 PATH = ([ROOT] if os.path.isfile(os.path.join(ROOT, "cowmp", "__init__.py")) else []) + [HERE]
 
 
-def read_all(data: list) -> int:
-    total = 0
-    for number, text, box in data:
-        total += number + len(text) + box[0]
-    return total
-
-
 def child(objects: int, shared: bool) -> None:
     """One case, in a fresh interpreter: print its figures as JSON."""
     import warnings
@@ -40,6 +32,7 @@ def child(objects: int, shared: bool) -> None:
     from _common import build_heap, measure_child, uss
 
     import cowmp
+    from cowmp.demo import read_and_collect
 
     before = uss()
     start = time.perf_counter()
@@ -54,8 +47,7 @@ def child(objects: int, shared: bool) -> None:
             cowmp.share(data)
         sharing = time.perf_counter() - start
     def work() -> None:
-        read_all(data)
-        gc.collect()
+        read_and_collect(data)  # every element, then a full collection
 
     work_seconds, private = measure_child(cowmp.fork, work)
     print(json.dumps({"heap": heap, "build": built, "share": sharing, "work": work_seconds,

@@ -45,7 +45,7 @@ METHODS = ("fork", "forkserver", "spawn", "loky", "cowfork")
 TIMEOUT = 600.0
 
 _data: list | None = None  # the data set, built by build() in the parent
-_heap = [0]  # its size in bytes (USS growth while it was built), for the rows
+_heap = 0  # its size in bytes (USS growth while it was built), for the rows
 
 
 @dataclass
@@ -79,14 +79,14 @@ def make_data(objects: int) -> list:
 
 def build(objects: int) -> tuple[int, float]:
     """Build the data set in this process; return its size (USS growth) and seconds."""
-    global _data
+    global _data, _heap
     _data = None
     gc.collect()
     before = memory.private_bytes()
     start = time.perf_counter()
     _data = make_data(objects)
-    _heap[0] = memory.private_bytes() - before
-    return _heap[0], time.perf_counter() - start
+    _heap = memory.private_bytes() - before
+    return _heap, time.perf_counter() - start
 
 
 def read_and_collect(data: list) -> int:
@@ -170,7 +170,7 @@ def run_method(method: str, workers: int, *, share: bool = True) -> Row:
                 p.kill()
                 p.join()
     by_pid = {row.pid: row for row in rows}
-    return Row(method=method, workers=workers, heap=_heap[0],
+    return Row(method=method, workers=workers, heap=_heap,
                total_pss=sum(row.proportional for row in rows),
                parent_pss=by_pid[os.getpid()].proportional,
                worker_private=[by_pid[pid].uss for pid in pids if pid in by_pid],
