@@ -14,6 +14,7 @@ the other side for each.  Elsewhere (Windows pipes) it falls back to the
 from __future__ import annotations
 
 import os
+import select
 import struct
 from collections.abc import Sequence
 from multiprocessing import connection
@@ -42,10 +43,16 @@ def _header(size: int) -> bytes:
 class Channel:
     """Framed messages over ``conn``: ``send`` a batch, ``receive`` what has arrived."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, nonblocking: bool = False) -> None:
+        """``nonblocking``: ``receive`` returns what has arrived, nothing if nothing has
+        (a wake-up that finds no data costs a call, never a hang); ``send`` still waits
+        until all is written.  POSIX only."""
         self.conn = conn
         self.raw = os.name == "posix" and isinstance(conn, connection.Connection)
         self.fd = conn.fileno() if self.raw else -1
+        self.nonblocking = nonblocking and self.raw
+        if self.nonblocking:
+            os.set_blocking(self.fd, False)
         self.area = bytearray(_READ) if self.raw else bytearray()  # what a read fills
         self.buffer = bytearray()  # the start of a message that has not all arrived
         self.ready: list[bytes] = []  # whole messages read, not yet taken
@@ -69,24 +76,32 @@ class Channel:
 
     def _write(self, vector: list[bytes]) -> None:
         total = sum(map(len, vector))
-        written = os.writev(self.fd, vector)
+        try:
+            written = os.writev(self.fd, vector)
+        except BlockingIOError:
+            written = 0
         if written == total:
             return
         rest = memoryview(b"".join(vector))[written:]  # a full socket: rare
         while rest:
-            rest = rest[os.write(self.fd, rest):]
+            try:
+                rest = rest[os.write(self.fd, rest):]
+            except BlockingIOError:
+                select.select([], [self.fd], [])
 
     def pending(self) -> bool:
         """Is a whole message already read, so that ``receive`` will not block?"""
         return bool(self.ready)
 
     def receive(self) -> list[bytes]:
-        """The messages that have arrived, at least one (blocks until one is whole);
-        EOFError when the other end closed (a message cut short is dropped)."""
+        """The messages that have arrived: at least one (blocks until one is whole), or,
+        ``nonblocking``, perhaps none; EOFError when the other end closed (a message cut
+        short is dropped)."""
         if not self.raw:
             return [self.conn.recv_bytes()]
         while not self.ready:
-            self._read()
+            if not self._read():
+                break
         messages, self.ready = self.ready, []
         return messages
 
@@ -98,8 +113,12 @@ class Channel:
             self._read()
         return self.ready.pop(0)
 
-    def _read(self) -> None:
-        count = os.readv(self.fd, [self.area])
+    def _read(self) -> bool:
+        """Read what is there (False: nothing yet, ``nonblocking``)."""
+        try:
+            count = os.readv(self.fd, [self.area])
+        except BlockingIOError:
+            return False
         if not count:
             raise EOFError
         if self.buffer:  # the rest of a message begun earlier
@@ -111,6 +130,7 @@ class Channel:
             used = self._split(self.area, count)
             if used < count:
                 self.buffer += memoryview(self.area)[used:count]
+        return True
 
     def _split(self, data: bytearray, end: int) -> int:
         """Take the whole messages at the start of ``data[:end]``; return their length."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import logging
 import os
 import selectors
 import signal
@@ -32,16 +33,18 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import connection, sharedctypes
 from typing import Any
 
-from . import serialize, worker
+from . import forking, handles, serialize, worker
 from .channel import Channel, Message
 from .context import _cowfork_context as cowfork_context
 from .context import is_forking_cowfork
 from .launcher import ProcessLauncher
 from .memory import ProcessMemory, parse_size, private_bytes, processes
 from .progress import make_bar
-from .zygote import ForkServer
+from .zygote import KILL_NOW, LEAVE, TERMINATE, ForkServer
 
 __all__ = ["CowProcessPoolExecutor", "TaskTimeoutError", "WorkerDiedError"]
+
+LOGGER = logging.getLogger("concurrent.futures")
 
 #: automatic chunking aims at pieces that take about this long in a worker
 CHUNK_SECONDS = 0.05
@@ -68,6 +71,9 @@ MAX_CHUNK_TASKS = 1 << 15
 STARTUP_FAILURES = 3
 #: seconds to wait for a dead worker's exit status before reporting it unknown
 STATUS_WAIT = 5.0
+#: worker deaths a task may be in flight at (its run unfinished, or finished with its
+#: outcome lost) before it fails with WorkerDiedError instead of running once more
+MAX_STRIKES = 2
 #: with ``max_private_memory_per_child``, seconds between two readings of a working
 #: worker's private memory (a reading costs the kernel about 12 ms per GiB it maps)
 MEMORY_CHECK_INTERVAL = 1.0
@@ -247,26 +253,29 @@ class _Piece:
                  "tracked")
     _ids = itertools.count(1)
 
-    def __init__(self, job: _Job, indices: Any, track: bool = False) -> None:
+    def __init__(self, job: _Job, indices: Any, track: bool = False, strikes: int = 0) -> None:
         self.id = next(self._ids)
         self.job = job
         self.indices = indices
         self.track = track  # record each task's start even if the job would not
         self.tracked = False  # decided when it is pickled
-        self.payload: tuple[bytes, bytes, bytes] | None = None
+        self.payload: tuple[bytes, ...] | None = None
         self.size = 0  # of the payload
         self.estimate = 0.0  # seconds it is expected to take, when it is sent
-        self.strikes = 0
+        # worker deaths its tasks were in flight at, not provably finished (see recover)
+        self.strikes = strikes
 
-    def set_payload(self, tasks: bytes) -> None:
+    def set_payload(self, tasks: bytes, kwargs: bytes = b"") -> None:
         job = self.job
         self.tracked = self.track or job.tracking()
         flags = ((worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
                  | (worker.TRACKED if self.tracked else 0))
         function = job.fn_payload
-        header = worker.HEADER.pack(self.id, len(self.indices), flags, len(function))
-        self.payload = (header, function, tasks)  # sent one after the other, not joined
-        self.size = len(header) + len(function) + len(tasks)
+        header = worker.HEADER.pack(self.id, len(self.indices), flags, len(function),
+                                    len(kwargs))
+        # sent one after the other, not joined
+        self.payload = (header, function, kwargs, tasks)
+        self.size = len(header) + len(function) + len(kwargs) + len(tasks)
 
 
 class _Worker:
@@ -317,12 +326,11 @@ _pid = [os.getpid()]  # this process's id, kept current across forks (no system 
 _global_shutdown = False
 
 
-def _close_inherited_handles() -> None:
-    """In a forked child: the parent's executors are not ours; close their handles, so
-    that their workers and fork servers see the end of the parent when it comes."""
+def _after_fork_in_child() -> None:
+    """In a forked child the parent's executors are not ours: their handles were closed
+    by the fork (:mod:`cowmp.handles`), and they are forgotten."""
     _pid[0] = os.getpid()
-    for pool in list(_live_pools):
-        pool.close_handles_in_child()
+    _live_pools.clear()
 
 
 def _python_exit() -> None:
@@ -335,7 +343,7 @@ def _python_exit() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_handles)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_python_exit)
 else:  # pragma: no cover
@@ -346,10 +354,14 @@ else:  # pragma: no cover
 
 class _Waiter:
     """``multiprocessing.connection.wait`` with a persistent selector where there is one
-    (POSIX): registrations change only when the set of connections does."""
+    (POSIX): registrations change only when the set of connections does.  A connection
+    is unregistered (:meth:`forget`) before it is closed: the kernel's epoll set would
+    otherwise keep it while a forked process holds a copy."""
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector() if os.name == "posix" else None
+        if self.selector is not None:
+            handles.opened(self.selector)
         self.registered: dict[Any, int] = {}
 
     def wait(self, objects: list, timeout: float | None) -> list:
@@ -357,7 +369,7 @@ class _Waiter:
             return connection.wait(objects, timeout)
         wanted = set(objects)
         for obj in [o for o in self.registered if o not in wanted]:
-            self.selector.unregister(self.registered.pop(obj))
+            self.forget(obj)
         for obj in objects:
             if obj not in self.registered:
                 fd = int(obj) if isinstance(obj, int) else obj.fileno()
@@ -365,9 +377,16 @@ class _Waiter:
                 self.registered[obj] = fd
         return [key.data for key, _ in self.selector.select(timeout)]
 
+    def forget(self, obj: Any) -> None:
+        fd = self.registered.pop(obj, None)
+        if fd is not None and self.selector is not None:
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
     def close(self) -> None:
-        if self.selector is not None:
-            self.selector.close()
+        handles.close(self.selector)
 
 
 class _Pool:
@@ -387,36 +406,48 @@ class _Pool:
         self.task_timeout = task_timeout
         self.queue: collections.deque[_Piece] = collections.deque()
         self.lock = threading.Lock()
+        # held by the manager thread while it works: a fork that cowmp makes waits until
+        # the thread waits, holding nothing (forking.quiesced)
+        self.active = threading.RLock()
         self.shutdown_requested = False
+        self.terminating: int | None = None  # the signal that ends the workers now
         self.broken: str | None = None
         self.thread: threading.Thread | None = None
         self.workers: dict[int, _Worker] = {}
         self.startup_failures = 0
-        self.waiter = _Waiter()
         self.waiting = False  # the manager is (about to be) blocked waiting
+        # maps that may still read input (shutdown reads the rest of it)
+        self.maps: weakref.WeakSet[_MapRun] = weakref.WeakSet()
         # measured (seconds, tasks), decayed, by pickled function, for map's chunk sizes
         self.task_seconds: dict[bytes, tuple[float, float]] = {}
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.wake_r.setblocking(False)
-        self.wake_w.setblocking(False)
-        forks = is_forking_cowfork(ctx) or (
-            getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
-        size = max_workers * worker.SLOT_FIELDS
-        if forks:
-            self.progress = sharedctypes.RawArray("d", size)
-            self.snapshot = serialize.Snapshot.take(by_reference=True)
-            self.launcher: Any = ForkServer(self.progress, initializer, initargs, max_tasks)
-        else:
-            self.progress = ctx.RawArray("d", size)
-            self.snapshot = serialize.Snapshot.take(by_reference=False)
-            self.launcher = ProcessLauncher(ctx, self.progress, initializer, initargs,
-                                            max_tasks)
-        _live_pools.add(self)
+        self.waiter = _Waiter()
+        self.wake_r = self.wake_w = None
+        self.launcher: Any = None
         try:
+            self.wake_r, self.wake_w = socket.socketpair()
+            handles.opened(self.wake_r, self.wake_w)
+            self.wake_r.setblocking(False)
+            self.wake_w.setblocking(False)
+            forks = is_forking_cowfork(ctx) or (
+                getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
+            size = max_workers * worker.SLOT_FIELDS
+            if forks:
+                self.progress = sharedctypes.RawArray("d", size)
+                self.snapshot = serialize.Snapshot.take(by_reference=True)
+                self.launcher = ForkServer(self.progress, initializer, initargs, max_tasks,
+                                           getattr(ctx, "_name", None))
+            else:
+                self.progress = ctx.RawArray("d", size)
+                self.snapshot = serialize.Snapshot.take(by_reference=False)
+                self.launcher = ProcessLauncher(ctx, self.progress, initializer, initargs,
+                                                max_tasks)
+            _live_pools.add(self)
             for slot in range(max_workers):
                 self.spawn(slot)
         except BaseException:
-            self.launcher.stop()
+            if self.launcher is not None:
+                self.launcher.stop(KILL_NOW)
+            self.close_handles()
             raise
 
     # -- called from any thread ---------------------------------------------------------
@@ -460,49 +491,67 @@ class _Pool:
             except serialize.TaskPicklingError as error:
                 job.fail_all(piece.indices, error)
                 return False
-        try:
-            piece.set_payload(self._pickle_tasks(job, piece.indices))
-            return True
-        except serialize.TaskPicklingError:
-            pass
-        good = []
-        for index in piece.indices:
-            try:
-                self._check_task(job, index)
-                good.append(index)
-            except serialize.TaskPicklingError as error:
+        while True:
+            tasks, kwargs, bad = self._pickle_tasks(job, piece.indices)
+            if not bad:
+                piece.set_payload(tasks, kwargs)
+                return True
+            for index, error in bad.items():  # they fail alone; the rest is pickled again
                 job.fail(index, error)
-        if not good:
-            return False
-        piece.indices = good
-        try:
-            piece.set_payload(self._pickle_tasks(job, good))
-        except serialize.TaskPicklingError as error:  # only together: all fail
-            job.fail_all(good, error)
-            return False
-        return True
+            piece.indices = [index for index in piece.indices if index not in bad]
+            if not piece.indices:
+                return False
 
-    def _pickle_tasks(self, job: _Job, indices: Any) -> bytes:
-        kwargs = None if job.kwargs is None else [job.kwargs[i] for i in indices]
+    def _pickle_tasks(self, job: _Job,
+                      indices: Any) -> tuple[bytes, bytes, dict[int, BaseException]]:
+        """The pickled arguments and keyword arguments of the tasks at ``indices``, and
+        the errors of those that cannot be pickled, by index."""
         args = job.args if len(indices) == len(job.args) else [job.args[i] for i in indices]
-        shared = serialize.holds_shared(self.snapshot, args, job.star, kwargs)
-        return serialize.dumps((args, kwargs), self.snapshot, "the task", shared=shared)
-
-    def _check_task(self, job: _Job, index: int) -> None:
-        args = job.task_args(index)
-        for position, arg in enumerate(args):
-            serialize.dumps(arg, self.snapshot,
-                            f"argument {position} ({serialize.short_repr(arg)}) of "
-                            f"{_describe_task(job.fn, args)}")
+        shared = serialize.holds_shared(self.snapshot, args, job.star, job.kwargs)
+        tasks, failed = serialize.pack_list(args, self.snapshot, shared=shared)
+        kwargs = b""
         if job.kwargs is not None:
-            for name, value in job.kwargs[index].items():
-                serialize.dumps(value, self.snapshot,
-                                f"keyword argument {name}={serialize.short_repr(value)} "
-                                f"of {_describe_task(job.fn, args)}")
+            try:
+                kwargs = serialize.dumps([job.kwargs[i] for i in indices], self.snapshot,
+                                         "keyword arguments")
+            except serialize.TaskPicklingError:
+                failed = dict.fromkeys(range(len(indices)))
+        bad = {indices[position]: self._task_error(job, indices[position])
+               for position in failed}
+        return tasks, kwargs, bad
 
-    def enqueue(self, pieces: list[_Piece]) -> None:
+    def _task_error(self, job: _Job, index: int) -> BaseException:
+        """What could not be pickled of task ``index``, named."""
+        args = job.task_args(index)
+        try:
+            for position, arg in enumerate(args):
+                serialize.dumps(arg, self.snapshot,
+                                f"argument {position} ({serialize.short_repr(arg)}) of "
+                                f"{_describe_task(job.fn, args)}")
+            if job.kwargs is not None:
+                for name, value in job.kwargs[index].items():
+                    serialize.dumps(value, self.snapshot,
+                                    f"keyword argument {name}={serialize.short_repr(value)}"
+                                    f" of {_describe_task(job.fn, args)}")
+        except serialize.TaskPicklingError as error:
+            return error
+        except BaseException as error:  # noqa: BLE001 - SystemExit from a __reduce__ too
+            problem = serialize.TaskPicklingError(
+                f"cannot pickle the arguments of {_describe_task(job.fn, args)}: "
+                f"{serialize.describe(error)}")
+            problem.__cause__ = error
+            return problem
+        return serialize.TaskPicklingError(
+            f"cannot pickle the arguments of {_describe_task(job.fn, args)}")
+
+    def enqueue(self, pieces: list[_Piece], check: bool = True) -> None:
+        """Queue work (``check``: refuse it once shut down, as ``submit`` does; work of a
+        map that began before the shutdown is still taken)."""
         with self.lock:
-            self.check_usable()
+            if check:
+                self.check_usable()
+            elif self.broken:
+                raise BrokenProcessPool(self.broken)
             self.queue.extend(pieces)
             if self.thread is None:
                 self.thread = threading.Thread(target=self.run, name="cowmp-executor",
@@ -525,13 +574,26 @@ class _Pool:
     def wake(self) -> None:
         try:
             self.wake_w.send(b"x")
-        except (BlockingIOError, OSError):
+        except (BlockingIOError, OSError, AttributeError):
             pass  # already awake, or closed
 
-    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+    def shutdown(self, wait: bool, cancel_futures: bool, terminate: int | None = None) -> None:
+        """No new work.  ``cancel_futures``: cancel what has not started.  ``terminate``
+        (a signal): also end the workers now, failing the tasks they run.  Otherwise maps
+        begun before read the rest of their input now (as the standard executor's map,
+        which reads it all when called), so that their results can be consumed later."""
+        if self.owner != _pid[0]:
+            return  # an executor inherited through a fork: not this process's
+        if not (cancel_futures or terminate):
+            for run in list(self.maps):
+                run.read_all()
         with self.lock:
             self.shutdown_requested = True
-            if cancel_futures:
+            if terminate:
+                self.terminating = terminate
+            if cancel_futures or terminate:
+                for run in list(self.maps):
+                    run.stop_reading()
                 running = []  # partly sent already (a requeued rest): must still run
                 while True:
                     try:
@@ -551,47 +613,57 @@ class _Pool:
         if wait and thread is not threading.current_thread():
             thread.join()
 
-    def close_handles_in_child(self) -> None:
-        for handle in (self.wake_r, self.wake_w, *self.launcher.inherited_handles(),
-                       *(w.conn for w in self.workers.values() if w.conn is not None)):
-            try:
-                handle.close()
-            except OSError:
-                pass
+    def close_handles(self) -> None:
+        """Close what the pool opened in this process (after its launcher has stopped)."""
+        handles.close(self.wake_r, self.wake_w)
+        self.waiter.close()
+        _live_pools.discard(self)
 
     # -- the manager thread -------------------------------------------------------------
 
     def run(self) -> None:
         try:
-            while True:
-                self.dispatch()
-                if self.finished():
-                    break
-                launcher_waitables = self.launcher.waitables()
-                by_conn = {w.conn.conn: w for w in self.workers.values() if w.conn}
-                waitables = [self.wake_r, *launcher_waitables, *by_conn]
-                queued = len(self.queue)
-                self.waiting = True  # from now on, enqueue() wakes us
-                if len(self.queue) != queued:  # work came in meanwhile: no wait
-                    self.waiting = False
-                    continue
-                ready = self.waiter.wait(waitables, self.next_wakeup())
-                self.waiting = False
-                for obj in ready:
-                    if obj is self.wake_r:
-                        self.drain_wakeups()
-                    elif obj in by_conn:
-                        self.worker_message(by_conn[obj])
-                    elif obj in launcher_waitables:
-                        self.launcher_event(obj)
-                while self.launcher.has_event():
-                    self.handle_event(self.launcher.read_event())
-                self.check_deadlines()
-                self.check_memory()
-        except BaseException as error:  # noqa: BLE001
-            self.break_pool(f"the executor's manager thread failed: {error!r}")
+            with forking.own_thread(self.active):
+                self.loop()
+        except BaseException as error:  # noqa: BLE001 - a bug: every future must still end
+            LOGGER.critical("the executor's manager thread failed", exc_info=True)
+            self.break_pool(f"the executor's manager thread failed: {error!r}", cause=error)
         finally:
             self.stop_workers()
+
+    def loop(self) -> None:
+        while True:
+            if self.terminating:
+                self.terminate_workers()
+            self.dispatch()
+            if self.finished():
+                return
+            launcher_waitables = self.launcher.waitables()
+            by_conn = {w.conn.conn: w for w in self.workers.values() if w.conn}
+            waitables = [self.wake_r, *launcher_waitables, *by_conn]
+            queued = len(self.queue)
+            self.waiting = True  # from now on, enqueue() wakes us
+            if len(self.queue) != queued or self.terminating:  # no wait: work came in
+                self.waiting = False
+                continue
+            timeout = self.next_wakeup()
+            self.active.release()  # a fork may happen while this thread waits
+            try:
+                ready = self.waiter.wait(waitables, timeout)
+            finally:
+                self.active.acquire()
+            self.waiting = False
+            for obj in ready:
+                if obj is self.wake_r:
+                    self.drain_wakeups()
+                elif obj in by_conn:
+                    self.worker_message(by_conn[obj])
+                elif obj in launcher_waitables:
+                    self.launcher_event(obj)
+            while self.launcher.has_event():
+                self.handle_event(self.launcher.read_event())
+            self.check_deadlines()
+            self.check_memory()
 
     def finished(self) -> bool:
         if self.broken:
@@ -612,7 +684,17 @@ class _Pool:
         # would name a piece that may be queued again, under the same id
         base = slot * worker.SLOT_FIELDS
         self.progress[base:base + worker.SLOT_FIELDS] = [0.0] * worker.SLOT_FIELDS
-        self.workers[slot] = _Worker(slot, Channel(self.launcher.spawn(slot)))
+        conn = self.launcher.spawn(slot)
+        self.workers[slot] = _Worker(slot, Channel(conn, nonblocking=True))
+
+    def terminate_workers(self) -> None:
+        """End every worker now (``terminate_workers()``, or an exception leaving the
+        ``with`` block): what they run fails, nothing is queued again or replaced; the
+        launcher ends them when the loop ends (:meth:`stop_workers`)."""
+        self.fail_all_work(BrokenProcessPool(
+            "the executor's workers were terminated while this task was pending "
+            "(terminate_workers(), kill_workers(), or an exception that left the "
+            "executor's with block)"))
 
     def dispatch(self) -> None:
         """Send queued pieces: first one to each idle worker, then more to busy ones
@@ -684,7 +766,7 @@ class _Pool:
         if len(piece.indices) <= room:
             return
         indices = list(piece.indices)
-        self.queue.insert(1, _Piece(piece.job, indices[room:], piece.track))
+        self.queue.insert(1, _Piece(piece.job, indices[room:], piece.track, piece.strikes))
         piece.indices = indices[:room]
         piece.payload = None
 
@@ -711,28 +793,66 @@ class _Pool:
                 self.worker_ended(w)
             return
         for data in messages:
-            self.handle_message(w, serialize.loads(data))
+            self.handle_message(w, data)
 
-    def handle_message(self, w: _Worker, message: tuple) -> None:
-        kind = message[0]
-        if kind == "done":
-            _, piece_id, values, errors, measured, retiring = message
-            piece = w.done()
-            assert piece.id == piece_id, (piece.id, piece_id)
-            piece.job.settle_piece(piece.indices, values, errors, measured)
-            if piece.job.run is not None:
-                piece.job.run.refill()
-            w.retiring = w.retiring or retiring
-            if w.recycling and not w.inflight:
-                self.release(w)
-        elif kind == "ready":
+    def handle_message(self, w: _Worker, data: bytes) -> None:
+        kind = data[:1]
+        if kind == worker.DONE_KIND:
+            self.piece_done(w, data)
+        elif kind == worker.READY:
             w.ready = True
             self.startup_failures = 0
-        elif kind == "init_failed":
-            error = message[1]
+        elif kind == worker.INIT_FAILED:
+            error = serialize.decode_errors(memoryview(data)[1:],
+                                            lambda index: "the initializer")[0]
             self.break_pool(
                 f"a worker's initializer failed: {serialize.describe(error)}; the "
                 "process pool is not usable anymore", cause=error)
+        else:
+            raise ValueError(f"unknown message from worker {w.pid}: {bytes(data[:16])!r}")
+
+    def piece_done(self, w: _Worker, data: bytes) -> None:
+        """A piece's outcomes.  What cannot be unpickled here fails its task alone."""
+        _, piece_id, count, seconds, timed, retiring, size = worker.DONE.unpack_from(data)
+        piece = w.done()
+        if piece.id != piece_id:
+            raise RuntimeError(f"worker {w.pid} answered piece {piece_id}, not {piece.id}")
+        job = piece.job
+        view = memoryview(data)
+        start = worker.DONE.size
+
+        def describe(position: int) -> str:
+            return self.describe(job, piece.indices[position])
+
+        try:
+            values, failed = serialize.unpack_list(view[start:start + size])
+        except BaseException as error:  # noqa: BLE001 - SystemExit from a reduce too
+            values, failed = [None] * count, dict.fromkeys(range(count), error)
+        try:
+            errors = serialize.decode_errors(view[start + size:], describe)
+        except BaseException as error:  # noqa: BLE001
+            errors = {}
+            failed.update(dict.fromkeys(range(count), error))
+        for position, error in failed.items():
+            if position not in errors:
+                problem = serialize.TaskUnpicklingError(
+                    f"the result of task {describe(position)} cannot be unpickled in "
+                    f"this process: {serialize.describe(error)}")
+                problem.__cause__ = error
+                errors[position] = problem
+        job.settle_piece(piece.indices, values, errors, (seconds, timed))
+        if job.run is not None:
+            job.run.refill()
+        w.retiring = w.retiring or bool(retiring)
+        if w.recycling and not w.inflight:
+            self.release(w)
+
+    @staticmethod
+    def describe(job: _Job, index: int) -> str:
+        try:
+            return _describe_task(job.fn, job.task_args(index))
+        except Exception:  # noqa: BLE001 - the arguments are gone (a finished job)
+            return f"#{index}"
 
     def launcher_event(self, ready: Any) -> None:
         try:
@@ -763,6 +883,8 @@ class _Pool:
         """Both the end of its connection and its exit status are in: settle its work."""
         if self.workers.get(w.slot) is w:
             del self.workers[w.slot]
+        if self.terminating:
+            return  # its work has failed already; no replacement
         expected = w.retiring and not w.inflight and w.exitcode == 0
         if not expected:
             self.recover(w)
@@ -775,7 +897,8 @@ class _Pool:
             try:
                 self.spawn(w.slot)
             except OSError as error:
-                self.break_pool(f"cannot start a replacement worker: {error}")
+                self.break_pool(f"cannot start a replacement worker: {error}", cause=error)
+
 
     def read_slot(self, slot: int) -> tuple[int, int, float] | None:
         base = slot * worker.SLOT_FIELDS
@@ -786,40 +909,73 @@ class _Pool:
         return int(piece_id), int(index), started
 
     def recover(self, w: _Worker) -> None:
-        """A worker died: its running task fails, the rest of its work is requeued."""
-        requeue: list[_Piece] = []
+        """A worker died: settle what it held.  Its slot tells what it was doing:
+
+        * a task it ran (recorded one by one) fails: it is the cause, or it was killed;
+        * a piece it was reading, or whose outcomes it was sending, or whose tasks it ran
+          unrecorded (too short): the cause is one of its tasks, unknown; each of them has
+          one strike more and runs again, alone (or recorded), so that a second death
+          names it;
+        * pieces whose tasks provably finished (their outcomes died with the worker),
+          and those it had not begun, run again as they are.
+
+        A task at ``MAX_STRIKES`` fails with WorkerDiedError instead of running again: a
+        task runs at most twice unless its earlier runs provably finished."""
         slot = self.read_slot(w.slot)
-        # the piece it was running; those before it were done, their outcomes not yet
-        # sent (they run again), those after it had not started
         running = next((position for position, piece in enumerate(w.inflight)
                         if slot is not None and slot[0] == piece.id), None)
+        requeue: list[_Piece] = []
         for position, piece in enumerate(w.inflight):
-            culprit = None
-            if position == running:
-                if not piece.tracked:
-                    # too short to record each task: run them again, recorded, and the
-                    # task that kills its worker again is the one that fails
-                    requeue.append(_Piece(piece.job, list(piece.indices), track=True))
-                    continue
-                culprit = slot[1] if slot[1] < len(piece.indices) else None
-            elif running is None and position == 0 and w.ready:
-                piece.strikes += 1  # died before its first task: reading it?
-                if piece.strikes >= 2:
-                    culprit = 0
-            if culprit is None:
-                requeue.append(piece)
-                continue
-            index = piece.indices[culprit]
-            piece.job.fail(index, self.death_error(w, piece, culprit))
-            rest = [*piece.indices[:culprit], *piece.indices[culprit + 1:]]
-            if rest:
-                requeue.append(_Piece(piece.job, rest))
+            if running is None:
+                # no piece begun: the first was being received, unless it died at once
+                if position == 0 and w.ready:
+                    requeue.extend(self.strike(w, piece, piece.indices, phase="reading"))
+                else:
+                    requeue.append(piece)
+            elif position != running:
+                requeue.append(piece)  # finished (outcomes lost) or not begun
+            else:
+                index = slot[1]
+                indices = list(piece.indices)
+                if index == worker.READING:
+                    requeue.extend(self.strike(w, piece, indices, phase="reading"))
+                elif index == worker.UNTRACKED or not piece.tracked:
+                    requeue.extend(self.strike(w, piece, indices, phase="running",
+                                               alone=False))
+                elif index >= len(indices):
+                    requeue.extend(self.strike(w, piece, indices,
+                                               phase="sending the results of"))
+                else:
+                    piece.job.fail(indices[index], self.death_error(w, piece, index))
+                    if indices[:index]:
+                        requeue.append(_Piece(piece.job, indices[:index], piece.track,
+                                              piece.strikes))
+                    if indices[index + 1:]:
+                        requeue.append(_Piece(piece.job, indices[index + 1:], piece.track,
+                                              piece.strikes))
         w.inflight.clear()
         self.queue.extendleft(reversed(requeue))
 
+    def strike(self, w: _Worker, piece: _Piece, indices: list, phase: str,
+               alone: bool = True) -> list[_Piece]:
+        """The tasks of ``piece`` at ``indices`` may have killed ``w``: one strike more;
+        at MAX_STRIKES they fail, else they run again (``alone``: each in a piece of its
+        own; else together, recorded one by one).  Returns the pieces to run again."""
+        strikes = piece.strikes + 1
+        if strikes >= MAX_STRIKES:
+            for index in indices:
+                piece.job.fail(index, WorkerDiedError(
+                    f"the worker (pid {w.pid}) {phase} task "
+                    f"{self.describe(piece.job, index)} died {describe_exit(w.exitcode)}, "
+                    f"and so did a worker before it with this task in flight; it is not "
+                    f"run again", w.pid, w.exitcode))
+            return []
+        if alone:
+            return [_Piece(piece.job, [index], True, strikes) for index in indices]
+        return [_Piece(piece.job, indices, True, strikes)]
+
     def death_error(self, w: _Worker, piece: _Piece, culprit: int) -> BaseException:
-        job = piece.job
-        task = _describe_task(job.fn, job.task_args(piece.indices[culprit]))
+        task = self.describe(piece.job, piece.indices[culprit])
         if w.kill_reason is not None and w.kill_reason[:2] == (piece.id, culprit):
             return TaskTimeoutError(
                 f"task {task} ran past its timeout of {w.kill_reason[2]:g} s; its worker "
@@ -899,7 +1055,8 @@ class _Pool:
     def release(self, w: _Worker) -> None:
         """Close a worker's connection (it has closed its end, or is idle and to leave):
         it is replaced when its exit status comes in."""
-        w.conn.close()
+        self.waiter.forget(w.conn.conn)
+        handles.close(w.conn.conn)
         w.conn = None
         w.eof_at = time.monotonic()
 
@@ -910,6 +1067,10 @@ class _Pool:
         error = BrokenProcessPool(message)
         if cause is not None:
             error.__cause__ = cause
+        self.fail_all_work(error)
+
+    def fail_all_work(self, error: BaseException) -> None:
+        """Fail every queued and running task with ``error``."""
         pieces = list(self.queue)
         self.queue.clear()
         for w in self.workers.values():
@@ -917,22 +1078,23 @@ class _Pool:
             w.inflight.clear()
         for piece in pieces:
             piece.job.fail_all(piece.indices, error)
+        for run in list(self.maps):
+            run.closed = True  # reads no more (without its lock: its reader may block)
 
     def stop_workers(self) -> None:
-        """Close every worker's connection (they leave), stop and reap the launcher."""
+        """Close every worker's connection (they leave), stop and reap the launcher,
+        close the pool's own handles."""
         if self.queue and not self.broken:
             self.break_pool("the executor stopped with work still queued")
         for w in self.workers.values():
             if w.conn is not None:
-                w.conn.close()
+                self.waiter.forget(w.conn.conn)
+                handles.close(w.conn.conn)
                 w.conn = None
         try:
-            self.launcher.stop()
+            self.launcher.stop(self.terminating or LEAVE)
         finally:
-            for handle in (self.wake_r, self.wake_w):
-                handle.close()
-            self.waiter.close()
-            _live_pools.discard(self)
+            self.close_handles()
 
 
 def _default_workers() -> int:
@@ -1044,8 +1206,31 @@ class CowProcessPoolExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the standard executor's: no new tasks; ``cancel_futures`` cancels those not
-        started; ``wait`` waits for the rest, then for the workers to leave."""
+        started; ``wait`` waits for the rest, then for the workers to leave.  A ``map``
+        begun before reads the rest of its input now (``buffersize`` aside), as the
+        standard map has when it returns: its results can be consumed afterwards."""
         self._pool.shutdown(wait, cancel_futures)
+
+    def terminate_workers(self) -> None:
+        """End the workers now with SIGTERM (as Python 3.14's executor): the tasks they
+        run fail with BrokenProcessPool, queued tasks are cancelled, and the executor is
+        shut down; returns once every worker is gone."""
+        self._pool.shutdown(True, True, terminate=TERMINATE)
+
+    def kill_workers(self) -> None:
+        """:meth:`terminate_workers` with SIGKILL."""
+        self._pool.shutdown(True, True, terminate=KILL_NOW)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """Leaving the ``with`` block normally waits for the work, as the standard
+        executor does.  Leaving it with an exception (Ctrl-C's KeyboardInterrupt, an
+        error) does not: queued work is cancelled and the workers are terminated, so the
+        exception is not held up by tasks that nobody will use."""
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:
+            self.terminate_workers()
+        return False
 
     @property
     def worker_pids(self) -> list[int]:
@@ -1096,10 +1281,13 @@ class _Chunk:
             return True
 
     def cancel(self) -> bool:
-        with self.run.chunk_lock:
+        run = self.run
+        with run.chunk_lock:
             if self.state in (_RUNNING, _FINISHED):
                 return False
             self.state = _CANCELLED
+            if run.waiting is self:
+                run.arrived.notify()
             return True
 
     def cancelled(self) -> bool:
@@ -1141,7 +1329,9 @@ class _Chunk:
 
 class _MapIterator(itertools.chain):
     """map's results: chunks of results flattened in C (no Python frame per result),
-    with ``close()`` as a generator has (stops reading input, cancels what is queued)."""
+    with ``close()`` as a generator has (stops reading input, cancels what is queued).
+    Each chunk is handed over as a deque emptied as it goes: a result yielded is no
+    longer held."""
 
     _run: _MapRun
     _chunks: Iterator[list]
@@ -1155,8 +1345,20 @@ class _MapIterator(itertools.chain):
         return iterator
 
     def close(self) -> None:
-        self._run.current.clear()  # the rest of the chunk being handed over
+        current = self._run.current  # the rest of the chunk being handed over
+        current.clear()
+        current.append(_END)
         self._chunks.close()  # type: ignore[attr-defined]
+
+
+_END = object()  # ends a chunk's deque of results
+
+
+def _handing_over(values: list) -> tuple[collections.deque, Iterator]:
+    """The values as a deque, and an iterator that takes each out as it yields it."""
+    queue = collections.deque(values)
+    queue.append(_END)
+    return queue, iter(queue.popleft, _END)
 
 
 def _length(iterables: tuple) -> int | None:
@@ -1199,14 +1401,16 @@ class _MapRun:
             self.measured = (0.0, 0.0)
         self.per_task: float | None = None
         self.update_per_task()
-        self.current: list = []  # the results being handed over
+        self.current: collections.deque = collections.deque()  # results being handed over
         self.lock = threading.Lock()  # the manager thread reads sequences ahead too
         self.closed = False
+        self.reading_all = False
         # chunks' outcomes: the consumer waits on ``arrived`` for the chunk ``waiting``
         self.chunk_lock = threading.Lock()
         self.arrived = threading.Condition(self.chunk_lock)
         self.waiting: _Chunk | None = None
         self.bar = make_bar(self.total, progress) if progress else None
+        pool.maps.add(self)
 
     def update_per_task(self) -> None:
         seconds, tasks = self.measured
@@ -1267,6 +1471,8 @@ class _MapRun:
     def wants_more(self, probing: bool) -> bool:
         """Read further ahead?  A few chunks per worker (or ``READ_AHEAD_TASKS``), and
         more while they are short, so that workers have their prefetch queues full."""
+        if self.reading_all:
+            return True
         workers = self.pool.max_workers
         if self.buffered >= self.window():
             return False
@@ -1326,12 +1532,13 @@ class _MapRun:
         if not future.cancelled() and future.exception() is None:
             self.bar.update(len(future.result()[0]))
 
-    def results(self, end_time: float | None) -> Iterator[list]:
+    def results(self, end_time: float | None) -> Iterator[Iterator]:
         try:
             while self.chunks:
                 future = self.chunks[0]
                 remaining = None if end_time is None else end_time - time.monotonic()
                 values, errors = future.result(remaining)
+                future.value = None  # the results are the consumer's from here on
                 count = len(values)
                 with self.lock:
                     self.chunks.popleft()
@@ -1341,21 +1548,46 @@ class _MapRun:
                     self.fill()
                 if errors:
                     first = min(errors)
-                    self.current = values[:first]
-                    yield self.current
+                    self.current, results = _handing_over(values[:first])
+                    del values
+                    yield results
                     raise errors[first]
-                self.current = values
-                yield values
+                self.current, results = _handing_over(values)
                 del values, errors
+                yield results
+                del results
                 if self.buffersize is not None:  # consumed: now read further
                     with self.lock:
                         self.buffered -= count
                     self.fill()
         finally:
-            with self.lock:
-                self.closed = True
-                unread = list(self.chunks)
-            for future in unread:
-                future.cancel()
+            self.stop_reading()
             if self.bar is not None:
                 self.bar.close()
+
+    def stop_reading(self) -> None:
+        """No more input is read; chunks not yet sent are cancelled (their consumer, if
+        it waits, gets CancelledError)."""
+        with self.lock:
+            self.closed = True
+            unread = list(self.chunks)
+        for future in unread:
+            future.cancel()
+        self.pool.maps.discard(self)
+
+    def read_all(self) -> None:
+        """Read and queue the rest of the input now (the executor is shutting down, and
+        the standard executor's map has read its input when it returns).  Not with
+        ``buffersize``, which bounds the reading as the standard library's does."""
+        if self.buffersize is not None:
+            return
+        with self.lock:
+            if self.closed:
+                return
+            self.reading_all = True
+            try:
+                pieces = self.new_pieces()
+            finally:
+                self.reading_all = False
+        if pieces:
+            self.pool.enqueue(pieces, check=False)

@@ -14,18 +14,20 @@ is reset the way multiprocessing does it for its own children.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from multiprocessing import process, util
 from multiprocessing import queues as mp_queues
 
-from . import exiting, heap
+from . import exiting, handles, heap
 
-__all__ = ["ForkWithThreadsWarning", "fork", "install_fork_hooks"]
+__all__ = ["ForkWithThreadsWarning", "fork", "install_fork_hooks", "own_thread", "quiesced"]
 
 
 class ForkWithThreadsWarning(RuntimeWarning):
@@ -39,6 +41,45 @@ class ForkWithThreadsWarning(RuntimeWarning):
 _lock = threading.RLock()
 _local = threading.local()  # .in_protocol: our own fork is running (hooks stand aside)
 _hooks_installed = False
+
+# cowmp's own threads (executors' manager threads), each with the lock it holds while it
+# works and releases only where it waits, holding nothing else: a fork that holds all of
+# them forks while every one of them is at such a point (see quiesced())
+_own_threads: dict[threading.Thread, threading.RLock] = {}
+
+
+@contextlib.contextmanager
+def own_thread(active: threading.RLock) -> Iterator[None]:
+    """Run the calling thread as one of cowmp's own: it holds ``active`` while it works
+    (it releases it only where it waits, holding nothing else), so that a fork made by
+    cowmp can wait for it to be there and fork safely while it runs."""
+    thread = threading.current_thread()
+    with active:
+        _own_threads[thread] = active
+        try:
+            yield
+        finally:
+            del _own_threads[thread]
+
+
+@contextlib.contextmanager
+def quiesced() -> Iterator[set[threading.Thread]]:
+    """Hold every other thread of cowmp's at a point where it waits and holds nothing, and
+    hold the descriptor registry (:mod:`cowmp.handles`) steady: what runs inside may open
+    handles and fork.  Yields the threads held (they are no danger to a child)."""
+    with _lock:
+        me = threading.current_thread()
+        held: list[threading.RLock] = []
+        try:
+            for thread, active in list(_own_threads.items()):
+                if thread is not me:
+                    active.acquire()
+                    held.append(active)
+            with handles.lock:
+                yield {t for t in list(_own_threads) if t is not me}
+        finally:
+            for active in reversed(held):
+                active.release()
 
 
 def _native_thread_count() -> int | None:
@@ -73,14 +114,15 @@ def _fork_safe(thread: threading.Thread) -> bool:
     return getattr(thread, "_target", None) is mp_queues.Queue._feed
 
 
-def warn_if_threads(stacklevel: int = 3) -> None:
-    """Warn, naming them, if threads other than the calling one are alive."""
+def warn_if_threads(stacklevel: int = 3, held: set[threading.Thread] = frozenset()) -> bool:
+    """Warn, naming them, if threads other than the calling one are alive (other than
+    ``held``, cowmp's own threads that :func:`quiesced` holds).  True if it warned."""
     current = threading.current_thread()
     alive = [t for t in threading.enumerate() if t is not current and t.is_alive()]
-    others = [t for t in alive if not _fork_safe(t)]
+    others = [t for t in alive if not _fork_safe(t) and t not in held]
     foreign = _foreign_thread_count(len(alive))
     if not others and not foreign:
-        return
+        return False
     names = ", ".join(
         f"{t.name!r}{' (daemon)' if t.daemon else ''}" for t in others
     )
@@ -104,6 +146,7 @@ def warn_if_threads(stacklevel: int = 3) -> None:
         if current is threading.main_thread():
             raise
         sys.stderr.write(f"{type(error).__name__} (in thread {current.name!r}): {error}\n")
+    return True
 
 
 def reset_multiprocessing_state() -> None:
@@ -119,6 +162,7 @@ def reset_multiprocessing_state() -> None:
 
 
 def _after_in_child(*, bare: bool) -> None:
+    _own_threads.clear()  # they do not exist here
     heap.after_fork_in_child()
     if bare:
         reset_multiprocessing_state()
@@ -142,12 +186,17 @@ def protocol_fork(*, bare: bool, stacklevel: int) -> int:
     """Fork with the protocol.  ``bare``: the child is not a multiprocessing Process."""
     if not hasattr(os, "fork"):
         raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
-    with _lock:
-        warn_if_threads(stacklevel=stacklevel + 1)
+    with quiesced() as held:
+        warned = warn_if_threads(stacklevel=stacklevel + 1, held=held)
         heap.freeze_for_fork()
         _local.in_protocol = True
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():
+                if held and not warned:  # only cowmp's own threads, held: a safe fork
+                    warnings.filterwarnings(
+                        "ignore", message=r".*multi-threaded, use of fork\(\)",
+                        category=DeprecationWarning)
+                pid = os.fork()
         except BaseException:
             heap.after_fork_in_parent()
             raise

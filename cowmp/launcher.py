@@ -15,7 +15,7 @@ import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import serialize, worker
+from . import handles, serialize, worker
 
 __all__ = ["ProcessLauncher"]
 
@@ -54,19 +54,22 @@ class ProcessLauncher:
         self.processes: dict[_Sentinel, Any] = {}
         self.pending: collections.deque[tuple] = collections.deque()
         self.pid = None
+        self.spawned = 0
 
     def spawn(self, slot: int) -> Connection:
+        self.spawned += 1
         ours, theirs = self.ctx.Pipe()
+        handles.opened(ours, theirs)
         process = self.ctx.Process(
             target=_worker_entry,
             args=(theirs, slot, self.progress, os.getpid(), self.setup, self.max_tasks),
             daemon=True,
-            name=f"CowPoolWorker-{slot}",
+            name=f"CowPoolWorker-{self.spawned}",
         )
         try:
             process.start()
         finally:
-            theirs.close()
+            handles.close(theirs)
         self.processes[_Sentinel(process.sentinel)] = process
         self.pending.append(("spawned", slot, process.pid))
         return ours
@@ -92,11 +95,15 @@ class ProcessLauncher:
     def waitables(self) -> list:
         return list(self.processes)
 
-    def inherited_handles(self) -> list:
-        return []
-
-    def stop(self, timeout: float = 7.0) -> None:
+    def stop(self, how: int = 0, timeout: float = 7.0) -> None:
+        """Reap the workers: they leave on their own (``how`` 0), or get the signal
+        ``how`` now (killed after ``timeout`` either way)."""
         for process in list(self.processes.values()):
+            if how and process.exitcode is None and hasattr(signal, "SIGKILL"):
+                try:
+                    os.kill(process.pid, how)
+                except ProcessLookupError:
+                    pass
             process.join(timeout)
             if process.exitcode is None:
                 self.kill(process.pid)

@@ -11,24 +11,59 @@ raises :class:`TaskPicklingError`, which names it.
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
+import struct
 import sys
 import traceback
+import weakref
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import cloudpickle
 
 from . import sharing
 
-__all__ = ["RemoteTraceback", "TaskPicklingError", "dumps", "loads", "wrap_exception"]
+__all__ = ["RemoteTraceback", "TaskPicklingError", "TaskUnpicklingError", "dumps", "loads",
+           "pack_list", "unpack_list", "wrap_exception"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MAIN_MARK = b"__main__"
 _MISSING = object()
+_FUNCTION = type(lambda: None)
+
+
+def _rebuild_with_cause(cls: type, args: tuple, cause: BaseException | None) -> BaseException:
+    error = cls(*args)
+    error.__cause__ = cause
+    return error
 
 
 class TaskPicklingError(pickle.PicklingError):
-    """A function, argument or result that cannot be sent between processes."""
+    """A function, argument or result that cannot be sent between processes.
+
+    Pickled with its ``__cause__`` (the original error), so that it reaches the parent
+    whole from a worker.
+    """
+
+    def __reduce__(self) -> tuple:
+        cause = self.__cause__
+        if cause is not None:
+            try:
+                pickle.dumps(cause, PROTOCOL)
+            except BaseException:  # noqa: BLE001 - any failure: describe it instead
+                cause = RuntimeError(f"{type(cause).__qualname__}: {cause}")
+        return _rebuild_with_cause, (type(self), self.args, cause)
+
+
+class TaskUnpicklingError(TaskPicklingError, BrokenProcessPool):
+    """What one task sent could not be rebuilt on the other side: an argument in the
+    worker, or a result or an exception in the parent.  Only that task fails.
+
+    Also a :class:`~concurrent.futures.process.BrokenProcessPool`, which the standard
+    executor raises in these cases (it breaks the whole pool), so that code written for it
+    still catches the error.  ``__cause__`` is the error raised while unpickling.
+    """
 
 
 class Snapshot:
@@ -40,7 +75,7 @@ class Snapshot:
     ``__main__`` lacks it (defined under ``if __name__ == "__main__":``, or interactively).
     """
 
-    def __init__(self, shared: dict[int, object], main: dict[str, object],
+    def __init__(self, shared: dict[int, object], main: weakref.WeakValueDictionary,
                  main_by_name: bool = False) -> None:
         self.shared = shared
         self.main = main
@@ -48,10 +83,17 @@ class Snapshot:
 
     @classmethod
     def take(cls, by_reference: bool) -> Snapshot:
+        """``by_reference``: the workers are forked now, and inherit ``__main__``'s
+        functions and classes.  Those are remembered weakly, and nothing else of
+        ``__main__``: an executor keeps none of the script's data alive."""
+        main = weakref.WeakValueDictionary()
         if not by_reference:
-            return cls({}, {}, main_by_name=True)
-        main = sys.modules.get("__main__")
-        return cls(sharing.shared_objects(), dict(vars(main)) if main else {})
+            return cls({}, main, main_by_name=True)
+        module = sys.modules.get("__main__")
+        for name, value in list(vars(module).items()) if module else ():
+            if isinstance(value, (type, _FUNCTION)) and value.__module__ == "__main__":
+                main[name] = value
+        return cls(sharing.shared_objects(), main)
 
 
 def _main_attribute(name: str) -> Any:
@@ -127,11 +169,15 @@ def dumps(obj: object, snapshot: Snapshot, what: str = "object", *,
             data = pickle.dumps(obj, PROTOCOL)
         if _MAIN_MARK not in data:
             return data
-    except Exception:  # noqa: BLE001 - any failure: try the general pickler
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - any failure (a __reduce__'s SystemExit too)
         pass
     try:
         return _pickle_with(_CloudPickler, obj, snapshot)
-    except Exception as error:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # noqa: BLE001
         raise TaskPicklingError(f"cannot pickle {what}: {describe(error)}") from error
 
 
@@ -151,8 +197,95 @@ def holds_shared(snapshot: Snapshot, args: Any, star: bool, kwargs: Any) -> bool
     return False
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     return _Unpickler(io.BytesIO(data)).load()
+
+
+# -- lists of values, each of which can fail alone ---------------------------------------
+# A list of tasks' arguments or results travels as one pickle when every value is of a
+# type whose unpickling cannot fail (numbers, strings, bytes, and tuples or lists of
+# those); otherwise each value is pickled on its own, so that one that cannot be pickled
+# or unpickled fails its task alone.  ``W`` + pickle, or ``S`` + count + end offsets +
+# the values' pickles.
+
+_WHOLE, _SPLIT = b"W", b"S"
+_COUNT = struct.Struct("!Q")
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_SEQUENCES = frozenset({tuple, list})
+
+
+def _plain(values: list) -> bool:
+    """Can nothing in ``values`` fail to pickle or unpickle?  (checked at C speed)"""
+    types = set(map(type, values))
+    if types <= _PLAIN:
+        return True
+    if not types <= _SEQUENCES:
+        return False
+    return set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN
+
+
+def pack_list(values: list, snapshot: Snapshot, *,
+              shared: bool = True) -> tuple[bytes, dict[int, BaseException]]:
+    """Pickle ``values``; return the data and the errors of those that could not be
+    pickled by position (they travel as an empty value).  Any exception a value's
+    pickling raises is caught, ``SystemExit`` included."""
+    if _plain(values):
+        return _WHOLE + pickle.dumps(values, PROTOCOL), {}
+    use_shared = shared and bool(snapshot.shared)
+    failed: dict[int, BaseException] = {}
+    buffer = io.BytesIO()
+    pickler: Any = None
+    ends = []
+    for index, value in enumerate(values):
+        start = buffer.tell()
+        try:
+            if pickler is None:
+                pickler = (_SharingPickler(buffer, snapshot) if use_shared
+                           else pickle.Pickler(buffer, PROTOCOL))
+            pickler.dump(value)
+            pickler.clear_memo()
+            with buffer.getbuffer() as view:
+                refers_to_main = _MAIN_MARK in view[start:].tobytes()
+            if refers_to_main:
+                raise pickle.PicklingError("refers to __main__")
+        except BaseException:  # noqa: BLE001 - try the general pickler, as dumps() does
+            pickler = None  # its state is unknown after a failure
+            buffer.seek(start)
+            buffer.truncate()
+            try:
+                buffer.write(_pickle_with(_CloudPickler, value, snapshot))
+            except BaseException as error:  # noqa: BLE001 - the value's own failure
+                buffer.seek(start)
+                buffer.truncate()
+                failed[index] = error
+        ends.append(buffer.tell())
+    index_part = struct.pack(f"!{len(ends)}Q", *ends)
+    return b"".join((_SPLIT, _COUNT.pack(len(ends)), index_part, buffer.getbuffer())), failed
+
+
+def unpack_list(data: bytes | memoryview) -> tuple[list, dict[int, BaseException]]:
+    """The values of :func:`pack_list`, and the errors raised while unpickling them by
+    position (None stands in for those, and for values that travelled empty).  Any
+    exception an unpickling raises is caught, ``SystemExit`` included."""
+    view = memoryview(data)
+    if view[:1] == _WHOLE:
+        return loads(view[1:]), {}
+    count = _COUNT.unpack_from(view, 1)[0]
+    base = 1 + _COUNT.size + 8 * count
+    ends = struct.unpack_from(f"!{count}Q", view, 1 + _COUNT.size)
+    values: list = []
+    failed: dict[int, BaseException] = {}
+    start = 0
+    for index, end in enumerate(ends):
+        value = None
+        if end > start:
+            try:
+                value = loads(view[base + start:base + end])
+            except BaseException as error:  # noqa: BLE001 - that value's failure alone
+                failed[index] = error
+        values.append(value)
+        start = end
+    return values, failed
 
 
 def describe(error: BaseException) -> str:
@@ -179,13 +312,21 @@ class RemoteTraceback(Exception):
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(tb)
+    remote = RemoteTraceback(tb)
+    if exc.__cause__ is None:
+        exc.__cause__ = remote
+    elif exc.__cause__.__cause__ is None:  # a cause of its own (TaskPicklingError)
+        exc.__cause__.__cause__ = remote
     return exc
 
 
 class _ExceptionWithTraceback:
+    """An exception raised in a worker, with its traceback as text (the frames are let
+    go at once: they would keep the task's locals alive)."""
+
     def __init__(self, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        exc.__traceback__ = None
         self.exc = exc
         self.tb = f'\n"""\n{text}"""'
 
@@ -193,19 +334,57 @@ class _ExceptionWithTraceback:
         return _rebuild_exception, (self.exc, self.tb)
 
 
-def wrap_exception(exc: BaseException) -> object:
-    """An exception raised in a worker, ready to be pickled with its traceback.
+def wrap_exception(exc: BaseException) -> _ExceptionWithTraceback:
+    """An exception raised in a worker, ready for :func:`encode_errors`."""
+    return _ExceptionWithTraceback(exc)
 
-    An exception that cannot itself be pickled is replaced by a RuntimeError that
-    carries its type and message.
-    """
-    wrapped = _ExceptionWithTraceback(exc)
+
+def encode_errors(errors: dict[int, Any], snapshot: Snapshot) -> bytes:
+    """Pickle the exceptions (wrapped, by position) of a piece's tasks, each on its own,
+    with its type, message and traceback as text beside it: an exception that cannot be
+    rebuilt in the parent is still described there.  One that cannot be pickled at all is
+    replaced by a RuntimeError that carries its type and message."""
+    entries = []
+    for index, wrapped in errors.items():
+        if not isinstance(wrapped, _ExceptionWithTraceback):
+            wrapped = _ExceptionWithTraceback(wrapped)
+        exc = wrapped.exc
+        name = type(exc).__qualname__
+        message = _safe_str(exc)
+        if len(message) > 500:
+            message = message[:497] + "..."
+        try:
+            data = dumps(wrapped, snapshot, "exception")
+        except BaseException as error:  # noqa: BLE001 - SystemExit from a __reduce__ too
+            wrapped.exc = RuntimeError(
+                f"{name}: {message} (the original exception could not be pickled: "
+                f"{describe(error)})")
+            data = pickle.dumps(wrapped, PROTOCOL)
+        entries.append((index, name, message, wrapped.tb, data))
+    return pickle.dumps(entries, PROTOCOL)
+
+
+def _safe_str(exc: BaseException) -> str:
     try:
-        pickle.dumps(exc, PROTOCOL)
-    except Exception as error:  # noqa: BLE001
-        substitute = RuntimeError(
-            f"{type(exc).__qualname__}: {exc} (the original exception could not be "
-            f"pickled: {describe(error)})"
-        )
-        wrapped.exc = substitute
-    return wrapped
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def decode_errors(data: bytes | memoryview,
+                  describe_task: Any) -> dict[int, BaseException]:
+    """The exceptions of :func:`encode_errors` by position.  One that cannot be rebuilt
+    here becomes a :class:`TaskUnpicklingError` that names it (``describe_task(index)``
+    names its task), its unpickling error as ``__cause__``."""
+    errors: dict[int, BaseException] = {}
+    for index, name, message, tb, payload in loads(data):
+        try:
+            errors[index] = loads(payload)
+        except BaseException as error:  # noqa: BLE001 - SystemExit from a reduce too
+            failure = TaskUnpicklingError(
+                f"task {describe_task(index)} raised {name}: {message}, which cannot be "
+                f"rebuilt in this process: {describe(error)}")
+            failure.__cause__ = error
+            failure.remote_traceback = tb  # type: ignore[attr-defined]
+            errors[index] = failure
+    return errors

@@ -1,25 +1,33 @@
 """A pool worker: receives pieces of work, runs them, sends the outcomes back.
 
-Messages on the worker's connection (pickled by :mod:`cowmp.serialize`):
+Messages on the worker's connection:
 
-* parent -> worker: a :data:`HEADER` ``(piece_id, number of tasks, flags)`` followed by
-  the pickled function, then the pickle of ``(arguments, kwarg_dicts_or_None)``; EOF
-  means stop.
-* worker -> parent: ``("ready",)`` once the initializer succeeded, or
-  ``("init_failed", exception)``; then for every piece
-  ``("done", piece_id, values, errors, (seconds, tasks), retiring)``: a value per task
-  (None where it raised), the exceptions by position, and the busy seconds of ``tasks`` of
-  them (the first excepted, when they were recorded one by one), for map's chunk sizes.
-  Messages go several per write when they are short (:mod:`cowmp.channel`).
+* parent -> worker: a :data:`HEADER` ``(piece_id, number of tasks, flags, size of the
+  function, size of the keyword arguments)``, then the pickled function, the pickled
+  keyword-argument dicts (``submit`` only) and the tasks' arguments
+  (:func:`cowmp.serialize.pack_list`: one argument that cannot be unpickled fails its
+  task alone); EOF means stop.
+* worker -> parent: :data:`READY` once the initializer succeeded, or :data:`INIT_FAILED`
+  and the encoded exception; then for every piece :data:`DONE` ``(piece_id, tasks, busy
+  seconds, tasks timed, retiring, size of the values)``, the values
+  (:func:`~cowmp.serialize.pack_list`: a value per task, None where it raised) and the
+  exceptions by position (:func:`~cowmp.serialize.encode_errors`).  The busy seconds are
+  those of the tasks timed (the first excepted, when they were recorded one by one), for
+  map's chunk sizes.  The header is outside any pickle, so that the parent knows the
+  piece even when nothing else of the message can be unpickled.  Messages go several
+  per write when they are short (:mod:`cowmp.channel`).
 
 Before each item the worker writes ``(piece_id, index, start time)`` into its slot of a
-shared progress array: if it dies, the parent knows which task it was running (that task
-alone fails) and since when (per-task timeouts), without a message per task.
+shared progress array, and ``index = number of tasks`` once they have all run: if it dies,
+the parent knows which task it was running (that task alone fails), whether it died
+sending the outcomes, and since when a task runs (per-task timeouts), without a message
+per task.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import struct
@@ -27,20 +35,28 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing import process as mp_process
 from typing import Any
 
-from . import exiting, serialize
+from . import exiting, handles, serialize
 from .channel import Channel
 
-__all__ = ["HEADER", "SLOT_FIELDS", "STAR", "TIMED", "TRACKED", "UNTRACKED", "run_worker"]
+__all__ = ["DONE", "HEADER", "INIT_FAILED", "READING", "READY", "SLOT_FIELDS", "STAR",
+           "TIMED", "TRACKED", "UNTRACKED", "run_worker"]
 
-#: piece id, number of tasks, flags, size of the pickled function that follows
-HEADER = struct.Struct("!qIBI")
+#: piece id, number of tasks, flags, sizes of the pickled function and keyword arguments
+HEADER = struct.Struct("!qIBII")
+#: the outcomes of a piece: kind, piece id, tasks, busy seconds, tasks timed, retiring,
+#: size of the values (the exceptions follow them)
+DONE = struct.Struct("!cqIdIBQ")
+#: the kinds of message a worker sends (DONE's first byte, or a message of its own)
+READY, INIT_FAILED, DONE_KIND = b"R", b"I", b"D"
 #: flags: tasks are argument tuples (else single arguments); tasks have a timeout; record
 #: each task's index before it runs (else only the piece: its tasks are too short)
 STAR, TIMED, TRACKED = 1, 2, 4
-#: the index recorded for a piece whose tasks are not recorded one by one
-UNTRACKED = -1
+#: the index recorded for a piece whose tasks are not recorded one by one, and for a
+#: piece that is being read (unpickled)
+UNTRACKED, READING = -1, -2
 
 #: outcomes held back while more pieces wait to run: at most this many, this long
 HOLD_PIECES = 16
@@ -143,27 +159,49 @@ class _Outbox:
             self.channel.send(messages)
 
 
-def _send(channel: Channel, message: tuple, snapshot: serialize.Snapshot) -> None:
-    channel.send([serialize.dumps(message, snapshot, "message")])
-
-
 def _outcomes(piece_id: int, values: list, errors: dict, measured: tuple[float, int],
               retiring: bool, snapshot: serialize.Snapshot) -> bytes:
-    message = ("done", piece_id, values, errors, measured, retiring)
-    try:
-        data = serialize.dumps(message, snapshot)
-    except serialize.TaskPicklingError:
-        # find the results that cannot be pickled; each fails alone
-        for index, value in enumerate(values):
-            try:
-                serialize.dumps(values[index], snapshot)
-            except serialize.TaskPicklingError as error:
-                values[index] = None
-                errors[index] = serialize.wrap_exception(serialize.TaskPicklingError(
-                    f"the task's result {serialize.short_repr(value)} cannot be sent "
-                    f"back to the parent: {error}"))
-        data = serialize.dumps(message, snapshot)
-    return data
+    """The DONE message of a piece.  A result that cannot be pickled fails its task alone:
+    with :class:`~cowmp.serialize.TaskPicklingError`, or with the exception its pickling
+    raised if that is no ``Exception`` (``SystemExit``, as the standard executor)."""
+    data, failed = serialize.pack_list(values, snapshot)
+    for index, error in failed.items():
+        if isinstance(error, Exception):
+            problem = serialize.TaskPicklingError(
+                f"the task's result {serialize.short_repr(values[index])} cannot be sent "
+                f"back to the parent: {serialize.describe(error)}")
+            problem.__cause__ = error
+            error = problem
+        errors[index] = serialize.wrap_exception(error)
+    header = DONE.pack(DONE_KIND, piece_id, len(values), measured[0], measured[1], retiring,
+                       len(data))
+    return b"".join((header, data, serialize.encode_errors(errors, snapshot)))
+
+
+class _BadArgument:
+    """Stands for an argument that could not be unpickled; :func:`_guarded` raises its
+    error when the task is run, so that the task fails in its turn, alone."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _guarded(fn: Any) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if args and type(args[0]) is _BadArgument:
+            raise args[0].error
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def _unpickling_error(what: str, error: BaseException) -> serialize.TaskUnpicklingError:
+    problem = serialize.TaskUnpicklingError(
+        f"cannot unpickle {what} in the worker: {serialize.describe(error)}")
+    problem.__cause__ = error
+    return problem
 
 
 def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int,
@@ -233,27 +271,74 @@ def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
     return values, errors, after_first
 
 
+def _become_worker(name: str, parent: int | None, method: str | None) -> None:
+    """What multiprocessing tells a process about itself, as in one of its own children:
+    ``current_process()`` is this worker (``CowPoolWorker-N``), ``parent_process()`` the
+    executor's process, and the start method the executor's context's."""
+    me = mp_process.BaseProcess(name=name, daemon=True)
+    if parent is not None:
+        me._parent_pid = parent  # type: ignore[attr-defined]
+        me._parent_name = "MainProcess"  # type: ignore[attr-defined]
+        mp_process._parent_process = _ExecutorProcess(  # type: ignore[attr-defined]
+            "MainProcess", parent, None)
+    mp_process._current_process = me  # type: ignore[attr-defined]
+    if method is not None:
+        import multiprocessing
+
+        multiprocessing.set_start_method(method, force=True)
+
+
+class _ExecutorProcess(mp_process._ParentProcess):  # type: ignore[name-defined,misc]
+    """The executor's process, seen from a worker of its fork server (which is not its
+    child, so no sentinel: is_alive and join poll)."""
+
+    def is_alive(self) -> bool:
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_alive() and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.05)
+
+
 def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
                initializer: Callable[..., object] | None, initargs: tuple,
-               max_tasks: int | None, *, forked: bool = True) -> None:
-    """The worker's main loop; never returns (leaves through :func:`exiting.leave`)."""
+               max_tasks: int | None, *, forked: bool = True, name: str | None = None,
+               owner: int | None = None, method: str | None = None) -> None:
+    """The worker's main loop; never returns (leaves through :func:`exiting.leave`).
+    ``parent``: the process whose end ends the worker.  ``name``, ``owner`` and
+    ``method``: the worker's process name, the executor's process and start method, for
+    a worker that the fork server forked (a context's process knows them already)."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+        if name is not None:
+            _become_worker(name, owner, method)
         if parent is not None:
             _watch_parent(parent, forked)
         # results go back by reference to what the parent had when the fork server was
         # made (shared objects, __main__'s classes); a spawned worker names __main__'s
         snapshot = serialize.Snapshot.take(by_reference=forked)
+        handles.opened(conn)  # closed in processes that tasks fork
         channel = Channel(conn)
         if initializer is not None:
             try:
                 initializer(*initargs)
             except BaseException as error:  # noqa: BLE001
-                _send(channel, ("init_failed", serialize.wrap_exception(error)), snapshot)
+                # as the standard executor's workers do
+                logging.getLogger("concurrent.futures").critical(
+                    "Exception in initializer:", exc_info=True)
+                channel.send([INIT_FAILED + serialize.encode_errors(
+                    {0: serialize.wrap_exception(error)}, snapshot)])
                 code = 1
                 return
-        _send(channel, ("ready",), snapshot)
+        channel.send([READY])
         _serve(channel, memoryview(progress).cast("B").cast("d"), slot * SLOT_FIELDS,
                max_tasks, snapshot)
     except (BrokenPipeError, ConnectionResetError):
@@ -265,9 +350,52 @@ def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
         code = 1
     finally:
         try:
-            conn.close()
+            handles.close(conn)
         finally:
             exiting.leave(code)
+
+
+class _Reader:
+    """Reads a piece's function (the last one is kept: the next piece usually has the
+    same), keyword arguments and arguments.  What cannot be unpickled fails the tasks it
+    belongs to, not the worker."""
+
+    def __init__(self) -> None:
+        self.fn_bytes: bytes | None = None
+        self.fn: Any = None
+
+    def read(self, data: bytes, count: int, fn_size: int, kw_size: int,
+             star: bool) -> tuple[Any, list, list | None, bool]:
+        """``(fn, arguments, keyword-argument dicts, star)``; an argument that could not
+        be unpickled is replaced by a :class:`_BadArgument` that the returned function
+        raises (its tasks then take argument tuples: ``star``)."""
+        view = memoryview(data)
+        start = HEADER.size
+        fn_bytes = view[start:start + fn_size]
+        kw_bytes = view[start + fn_size:start + fn_size + kw_size]
+        try:
+            if fn_bytes != self.fn_bytes:
+                self.fn, self.fn_bytes = None, None
+                self.fn = serialize.loads(fn_bytes)
+                self.fn_bytes = bytes(fn_bytes)
+        except BaseException as error:  # noqa: BLE001 - SystemExit from a reduce too
+            bad = _BadArgument(_unpickling_error("the function", error))
+            return _guarded(None), [(bad,)] * count, None, True
+        fn = self.fn
+        try:
+            kwarg_dicts = serialize.loads(kw_bytes) if kw_size else None
+            arg_list, failed = serialize.unpack_list(view[start + fn_size + kw_size:])
+        except BaseException as error:  # noqa: BLE001
+            bad = _BadArgument(_unpickling_error("the arguments", error))
+            return _guarded(fn), [(bad,)] * count, None, True
+        if failed:
+            fn = _guarded(fn)
+            if not star:
+                arg_list = [(arg,) for arg in arg_list]
+            for index, error in failed.items():
+                bad = _BadArgument(_unpickling_error(f"the arguments of task {index}", error))
+                arg_list[index] = (bad,)
+        return fn, arg_list, kwarg_dicts, star or bool(failed)
 
 
 def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
@@ -275,8 +403,7 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
     """Run pieces until the executor closes the connection or ``max_tasks`` are done."""
     index_at, start_at = id_at + 1, id_at + 2
     done = 0
-    last_fn: Any = None
-    last_fn_bytes: bytes | None = None
+    reader = _Reader()
     clock = _BusyClock()
     outbox = _Outbox(channel)
     while True:
@@ -284,26 +411,17 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
             data = channel.receive_one()
         except (EOFError, OSError):
             return  # the executor is done with us
-        piece_id, count, flags, fn_size = HEADER.unpack_from(data)
-        try:
-            view = memoryview(data)
-            fn_bytes = view[HEADER.size:HEADER.size + fn_size]
-            if fn_bytes != last_fn_bytes:  # the same function as the last piece: reuse
-                last_fn, last_fn_bytes = None, None
-                last_fn = serialize.loads(fn_bytes)
-                last_fn_bytes = bytes(fn_bytes)
-            fn = last_fn
-            arg_list, kwarg_dicts = serialize.loads(view[HEADER.size + fn_size:])
-        except BaseException as error:  # noqa: BLE001
-            # cannot even read the work: every task of the piece fails with the reason
-            wrapped = serialize.wrap_exception(error)
-            outbox.add(_outcomes(piece_id, [None] * count, dict.fromkeys(range(count), wrapped),
-                                 (0.0, 0), False, snapshot))
-            continue
+        piece_id, count, flags, fn_size, kw_size = HEADER.unpack_from(data)
         # the parent reads id, index, start: written start first, id last
         slots[start_at] = time.monotonic()
-        slots[index_at] = 0 if flags & TRACKED else UNTRACKED
+        slots[index_at] = READING
         slots[id_at] = piece_id
+        fn, arg_list, kwarg_dicts, star = reader.read(data, count, fn_size, kw_size,
+                                                      bool(flags & STAR))
+        if star:
+            flags |= STAR
+        del data
+        slots[index_at] = 0 if flags & TRACKED else UNTRACKED
         started = clock.now()  # the run alone: the first unpickling costs more
         # tasks recorded one by one are also timed from the end of the first: a first
         # call in a new worker costs more, and a probe of a few tasks would overstate them
@@ -315,7 +433,7 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
                 fn, arg_list, kwarg_dicts, flags, slots, index_at, start_at, clock)
         else:
             values, errors, after_first = _run_simple(fn, arg_list, slots, index_at, clock)
-        slots[index_at] = len(arg_list)
+        slots[index_at] = len(arg_list)  # all run: now their outcomes are sent
         done += len(arg_list)
         retiring = max_tasks is not None and done >= max_tasks
         seconds = clock.since(started)
@@ -323,7 +441,7 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
             clock.since(after_first), len(arg_list) - 1)
         outbox.add(_outcomes(piece_id, values, errors, measured, retiring, snapshot),
                    seconds)
-        del fn, arg_list, kwarg_dicts, values, errors, view, fn_bytes
+        del fn, arg_list, kwarg_dicts, values, errors
         if retiring:
             outbox.flush()
             return

@@ -9,9 +9,10 @@ without forking from the parent, whose executor runs a thread, and still share t
 snapshot.
 
 Commands (parent -> server, on a stream socket; a worker's socket travels with SPAWN as
-``SCM_RIGHTS``): :data:`SPAWN` slot, :data:`KILL` pid, :data:`STOP`.  Events (server ->
-parent, on a pipe): ``("spawned", slot, pid)``, ``("exited", pid, exit_code)`` where
-exit_code is ``-signum`` for a signal death, as in multiprocessing.
+``SCM_RIGHTS``): :data:`SPAWN` slot and the worker's number (its name), :data:`KILL` pid,
+:data:`STOP` and how (let the workers leave, or terminate or kill them now).  Events
+(server -> parent, on a pipe): ``("spawned", slot, pid)``, ``("exited", pid, exit_code)``
+where exit_code is ``-signum`` for a signal death, as in multiprocessing.
 
 If the parent dies, the server kills its workers and exits (it notices the closed socket
 or, within 0.25 s, its new parent process id); each worker dies with the server (Linux:
@@ -29,12 +30,14 @@ import time
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
-from . import exiting, forking, worker
+from . import exiting, forking, handles, worker
 
 __all__ = ["ForkServer"]
 
 SPAWN, KILL, STOP = 1, 2, 3
-_COMMAND = struct.Struct("!iq")
+#: how STOP ends the workers: they leave when their connection closes, or now
+LEAVE, TERMINATE, KILL_NOW = 0, signal.SIGTERM, signal.SIGKILL
+_COMMAND = struct.Struct("!iqq")
 #: seconds the server gives its workers to leave after STOP before killing them
 STOP_GRACE = 5.0
 
@@ -43,32 +46,35 @@ class ForkServer:
     """The parent's handle on a fork server."""
 
     def __init__(self, progress: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None) -> None:
-        commands, server_commands = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        events, server_events = Pipe(duplex=False)
+                 max_tasks: int | None, method: str | None = None) -> None:
         parent = os.getpid()
-        try:
-            pid = forking.protocol_fork(bare=True, stacklevel=5)
-        except BaseException:
-            for end in (commands, server_commands, events, server_events):
-                end.close()
-            raise
-        if pid == 0:  # the server
-            code = 1
+        self.spawned = 0
+        # the server's ends are opened and inherited by the server under the registry's
+        # lock, unregistered: no other fork takes them, and the server keeps them
+        with forking.quiesced():
+            commands, server_commands = socket.socketpair(socket.AF_UNIX,
+                                                          socket.SOCK_STREAM)
+            events, server_events = Pipe(duplex=False)
+            handles.opened(commands, events)
             try:
-                commands.close()
-                events.close()
-                _Server(server_commands, server_events, parent, progress, initializer,
-                        initargs, max_tasks).serve()
-                code = 0
-            except BaseException:  # noqa: BLE001
-                import traceback
+                pid = forking.protocol_fork(bare=True, stacklevel=5)
+            except BaseException:
+                handles.close(commands, events, server_commands, server_events)
+                raise
+            if pid == 0:  # the server (the fork closed every registered handle)
+                code = 1
+                try:
+                    _Server(server_commands, server_events, parent, progress, initializer,
+                            initargs, max_tasks, method).serve()
+                    code = 0
+                except BaseException:  # noqa: BLE001
+                    import traceback
 
-                traceback.print_exc()
-            finally:
-                exiting.leave(code)
-        server_commands.close()
-        server_events.close()
+                    traceback.print_exc()
+                finally:
+                    exiting.leave(code)
+            server_commands.close()
+            server_events.close()
         self.pid = pid
         self.commands = commands
         self.events = events
@@ -76,18 +82,23 @@ class ForkServer:
 
     def spawn(self, slot: int) -> Connection:
         """Ask for a worker in ``slot``; return the parent's end of its connection."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            socket.send_fds(self.commands, [_COMMAND.pack(SPAWN, slot)], [theirs.fileno()])
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return Connection(ours.detach())
+        self.spawned += 1
+        with handles.lock:  # no fork may take ``theirs``: it is the worker's alone
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                socket.send_fds(self.commands, [_COMMAND.pack(SPAWN, slot, self.spawned)],
+                                [theirs.fileno()])
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            conn = Connection(ours.detach())
+            handles.opened(conn)
+        return conn
 
     def kill(self, pid: int) -> None:
-        self.commands.sendall(_COMMAND.pack(KILL, pid))
+        self.commands.sendall(_COMMAND.pack(KILL, pid, 0))
 
     def has_event(self) -> bool:
         return False
@@ -98,31 +109,32 @@ class ForkServer:
     def waitables(self) -> list:
         return [self.events]
 
-    def inherited_handles(self) -> list:
-        return [self.commands, self.events]
-
-    def stop(self, timeout: float = STOP_GRACE + 2) -> None:
-        """Let the server end (its workers leave on their own), reap it."""
+    def stop(self, how: int = LEAVE, timeout: float = STOP_GRACE + 2) -> None:
+        """Let the server end and reap it: its workers leave on their own (``LEAVE``), or
+        it ends them now with ``TERMINATE`` (SIGTERM) or ``KILL_NOW`` (SIGKILL)."""
         try:
-            self.commands.sendall(_COMMAND.pack(STOP, 0))
+            self.commands.sendall(_COMMAND.pack(STOP, int(how), 0))
         except OSError:
             pass
         deadline = time.monotonic() + timeout
-        while self.exitcode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.exitcode = os.waitstatus_to_exitcode(status)
-                break
+        while self.poll() is None:
             if time.monotonic() > deadline:
                 os.kill(self.pid, signal.SIGKILL)
                 deadline = float("inf")
-            time.sleep(0.01)
-        self.commands.close()
-        self.events.close()
+            time.sleep(0.005)
+        handles.close(self.commands, self.events)
 
     def poll(self) -> int | None:
         if self.exitcode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # SIGCHLD ignored: the system reaped it
+                try:
+                    os.kill(self.pid, 0)
+                    return None
+                except ProcessLookupError:
+                    self.exitcode = 0  # its status is lost; it is gone
+                    return self.exitcode
             if pid:
                 self.exitcode = os.waitstatus_to_exitcode(status)
         return self.exitcode
@@ -133,7 +145,7 @@ class _Server:
 
     def __init__(self, commands: socket.socket, events: Connection, parent: int,
                  progress: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None) -> None:
+                 max_tasks: int | None, method: str | None) -> None:
         self.commands = commands
         self.events = events
         self.parent = parent
@@ -141,6 +153,7 @@ class _Server:
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks
+        self.method = method
         self.children: dict[int, int] = {}  # pid -> slot
         self.buffer = b""
         self.fds: list[int] = []
@@ -166,6 +179,8 @@ class _Server:
                     return  # the parent closed its end: it died or gave up on us
                 if self.stop_requested and stopping is None:
                     stopping = time.monotonic() + STOP_GRACE
+                    if self.stop_signal:
+                        self.kill_all(self.stop_signal)
                 if stopping is not None:
                     if not self.children:
                         return
@@ -177,6 +192,7 @@ class _Server:
                 self.reap(block=True)
 
     stop_requested = False
+    stop_signal = LEAVE
 
     def read_commands(self) -> bool:
         data, fds, _, _ = socket.recv_fds(self.commands, 4096, 64)
@@ -185,18 +201,20 @@ class _Server:
             return False
         self.buffer += data
         while len(self.buffer) >= _COMMAND.size:
-            op, arg = _COMMAND.unpack_from(self.buffer)
+            op, arg, extra = _COMMAND.unpack_from(self.buffer)
             self.buffer = self.buffer[_COMMAND.size:]
             if op == SPAWN:
-                self.spawn(arg, self.fds.pop(0))
+                self.spawn(arg, extra, self.fds.pop(0))
             elif op == KILL:
                 if arg in self.children:
                     os.kill(arg, signal.SIGKILL)
             elif op == STOP:
                 self.stop_requested = True
+                self.stop_signal = arg
         return True
 
-    def spawn(self, slot: int, fd: int) -> None:
+    def spawn(self, slot: int, number: int, fd: int) -> None:
+        server = os.getpid()
         pid = forking.protocol_fork(bare=True, stacklevel=3)
         if pid == 0:  # the worker
             try:
@@ -209,15 +227,12 @@ class _Server:
                 conn = Connection(fd)
             except BaseException:  # noqa: BLE001
                 exiting.leave(1)
-            worker.run_worker(conn, slot, self.progress, self.parent_of_worker(),
-                              self.initializer, self.initargs, self.max_tasks)
+            worker.run_worker(conn, slot, self.progress, server, self.initializer,
+                              self.initargs, self.max_tasks, name=f"CowPoolWorker-{number}",
+                              owner=self.parent, method=self.method)
         os.close(fd)
         self.children[pid] = slot
         self.send(("spawned", slot, pid))
-
-    @staticmethod
-    def parent_of_worker() -> int:
-        return os.getppid()  # called in the worker: its parent is this server
 
     def send(self, event: tuple) -> None:
         try:
@@ -239,9 +254,9 @@ class _Server:
             if block:
                 return
 
-    def kill_all(self) -> None:
+    def kill_all(self, signum: int = signal.SIGKILL) -> None:
         for pid in list(self.children):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
