@@ -593,7 +593,7 @@ class _Pool:
                 self.terminating = terminate
             if cancel_futures or terminate:
                 for run in list(self.maps):
-                    run.stop_reading()
+                    run.stop_reading(CancelledError())
                 running = []  # partly sent already (a requeued rest): must still run
                 while True:
                     try:
@@ -622,14 +622,21 @@ class _Pool:
     # -- the manager thread -------------------------------------------------------------
 
     def run(self) -> None:
-        try:
-            with forking.own_thread(self.active):
+        with forking.own_thread(self.active):
+            try:
                 self.loop()
-        except BaseException as error:  # noqa: BLE001 - a bug: every future must still end
-            LOGGER.critical("the executor's manager thread failed", exc_info=True)
-            self.break_pool(f"the executor's manager thread failed: {error!r}", cause=error)
-        finally:
-            self.stop_workers()
+            except BaseException as error:  # noqa: BLE001 - a bug: every future must end
+                LOGGER.critical("the executor's manager thread failed", exc_info=True)
+                self.break_pool(f"the executor's manager thread failed: {error!r}",
+                                cause=error)
+            finally:
+                # what is left only closes handles (under the registry's lock) and waits:
+                # a fork may happen meanwhile
+                self.active.release()
+                try:
+                    self.stop_workers()
+                finally:
+                    self.active.acquire()
 
     def loop(self) -> None:
         while True:
@@ -1079,7 +1086,9 @@ class _Pool:
         for piece in pieces:
             piece.job.fail_all(piece.indices, error)
         for run in list(self.maps):
-            run.closed = True  # reads no more (without its lock: its reader may block)
+            # reads no more (not under its lock: the consumer may hold it, reading input)
+            run.stopped = error
+            run.closed = True
 
     def stop_workers(self) -> None:
         """Close every worker's connection (they leave), stop and reap the launcher,
@@ -1404,6 +1413,7 @@ class _MapRun:
         self.current: collections.deque = collections.deque()  # results being handed over
         self.lock = threading.Lock()  # the manager thread reads sequences ahead too
         self.closed = False
+        self.stopped: BaseException | None = None  # why the executor stopped the reading
         self.reading_all = False
         # chunks' outcomes: the consumer waits on ``arrived`` for the chunk ``waiting``
         self.chunk_lock = threading.Lock()
@@ -1504,7 +1514,7 @@ class _MapRun:
                        star=self.star, fn_payload=self.fn_payload, run=self, size=count,
                        source=source)
             if self.bar is not None:
-                future.add_done_callback(self._advance)
+                future.add_done_callback(functools.partial(self._advance, job))
             self.chunks.append(future)
             self.buffered += count
             pieces.append(_Piece(job, range(count)))
@@ -1528,9 +1538,10 @@ class _MapRun:
         parts = [seq[start:stop] for seq in self.sequences]  # type: ignore[union-attr]
         return list(zip(*parts, strict=False))
 
-    def _advance(self, future: _Chunk) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.bar.update(len(future.result()[0]))
+    def _advance(self, job: _Job, future: _Chunk) -> None:
+        """(In the manager thread: the consumer may already have taken the results.)"""
+        if not future.cancelled() and self.bar is not None:
+            self.bar.update(job.size)
 
     def results(self, end_time: float | None) -> Iterator[Iterator]:
         try:
@@ -1560,15 +1571,29 @@ class _MapRun:
                     with self.lock:
                         self.buffered -= count
                     self.fill()
+            if self.stopped is not None and self.input_left():
+                raise self.stopped  # the rest was never read, let alone run
         finally:
             self.stop_reading()
             if self.bar is not None:
                 self.bar.close()
 
-    def stop_reading(self) -> None:
-        """No more input is read; chunks not yet sent are cancelled (their consumer, if
-        it waits, gets CancelledError)."""
+    def input_left(self) -> bool:
+        """Is there input that was not read?  (After the reading stopped.)"""
         with self.lock:
+            if self.exhausted:
+                return False
+            if self.sequences is not None:
+                return self.position < self.total  # type: ignore[operator]
+            return next(self.args, _END) is not _END  # type: ignore[call-overload]
+
+    def stop_reading(self, reason: BaseException | None = None) -> None:
+        """No more input is read; chunks not yet sent are cancelled (their consumer, if
+        it waits, gets CancelledError).  ``reason``: what the consumer gets once it has
+        the results that were read, if input is left."""
+        with self.lock:
+            if reason is not None and not self.closed:
+                self.stopped = reason
             self.closed = True
             unread = list(self.chunks)
         for future in unread:

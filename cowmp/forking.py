@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from multiprocessing import process, util
 from multiprocessing import queues as mp_queues
@@ -46,6 +47,7 @@ _hooks_installed = False
 # works and releases only where it waits, holding nothing else: a fork that holds all of
 # them forks while every one of them is at such a point (see quiesced())
 _own_threads: dict[threading.Thread, threading.RLock] = {}
+_leaving: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # done, not yet ended
 
 
 @contextlib.contextmanager
@@ -60,6 +62,7 @@ def own_thread(active: threading.RLock) -> Iterator[None]:
             yield
         finally:
             del _own_threads[thread]
+            _leaving.add(thread)  # it only returns from here: see quiesced()
 
 
 @contextlib.contextmanager
@@ -69,6 +72,9 @@ def quiesced() -> Iterator[set[threading.Thread]]:
     handles and fork.  Yields the threads held (they are no danger to a child)."""
     with _lock:
         me = threading.current_thread()
+        for thread in list(_leaving):  # a few lines from their end: let them end
+            if thread is not me:
+                thread.join(1.0)
         held: list[threading.RLock] = []
         try:
             for thread, active in list(_own_threads.items()):
@@ -163,6 +169,7 @@ def reset_multiprocessing_state() -> None:
 
 def _after_in_child(*, bare: bool) -> None:
     _own_threads.clear()  # they do not exist here
+    _leaving.clear()
     heap.after_fork_in_child()
     if bare:
         reset_multiprocessing_state()

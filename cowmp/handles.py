@@ -1,5 +1,4 @@
-"""The descriptors cowmp opens, each with one owner (docs/design.md, "One owner per
-descriptor").
+"""The descriptors cowmp opens, each with one owner.
 
 An executor opens sockets, pipes and an epoll descriptor in the parent.  A process forked
 from the parent (another executor's fork server, a worker, a child of user code) inherits

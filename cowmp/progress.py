@@ -48,16 +48,40 @@ class PlainBar:
             self.file.flush()
 
 
+class _Failsafe:
+    """A bar whose drawing can fail (stderr a closed pipe, a closed file) without harm:
+    the first failure stops the drawing; the map goes on."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar: Any = bar
+
+    def update(self, n: int = 1) -> None:
+        self._call("update", n)
+
+    def close(self) -> None:
+        self._call("close")
+        self.bar = None
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self.bar is None:
+            return
+        try:
+            getattr(self.bar, name)(*args)
+        except Exception:  # noqa: BLE001 - a progress bar must not fail the work
+            self.bar = None
+
+
 def make_bar(total: int | None, progress: Any) -> Any:
     """A bar for ``progress``: ``True`` (tqdm if importable, else :class:`PlainBar`), or
-    a dict of options for tqdm (e.g. ``{"desc": "rows"}``)."""
+    a dict of options for tqdm (e.g. ``{"desc": "rows"}``).  Drawing it never raises."""
     options = dict(progress) if isinstance(progress, dict) else {}
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return PlainBar(total, desc=options.get("desc", "cowmp"), file=options.get("file"))
+        return _Failsafe(PlainBar(total, desc=options.get("desc", "cowmp"),
+                                  file=options.get("file")))
     options.setdefault("desc", "cowmp")
-    return _quiet_tqdm(tqdm)(total=total, **options)
+    return _Failsafe(_quiet_tqdm(tqdm)(total=total, **options))
 
 
 def _quiet_tqdm(tqdm: type) -> type:
