@@ -24,7 +24,7 @@ from .exiting import exit
 from .forking import ForkWithThreadsWarning, fork, install_fork_hooks
 from .heap import GC_POLICIES, collect, get_gc_policy, set_gc_policy
 from .immortal import SharingWarning, is_immortal
-from .serialize import RemoteTraceback, TaskPicklingError
+from .serialize import RemoteTraceback, TaskPicklingError, TaskUnpicklingError
 from .sharing import is_shared, preload, share
 from .synchronize import ContextMismatchError
 
@@ -92,6 +92,7 @@ __all__ = [
     "SharingWarning",
     "TaskPicklingError",
     "TaskTimeoutError",
+    "TaskUnpicklingError",
     "WorkerDiedError",
     "collect",
     "exit",
