@@ -225,8 +225,17 @@ class _Job:
         if not self.missing:
             self.finish()
 
+    def cancel(self) -> bool:
+        """Cancel the future if its work has not begun (waiters are told at once)."""
+        if not self.future.cancel():
+            return False
+        self.claim()  # moves it to cancelled-and-notified: wait() and as_completed see it
+        return True
+
     def finish(self) -> None:
         if self.future.done():
+            if not self.claimed:
+                self.claim()  # cancelled while queued: tell its waiters
             return
         if not self.claimed:
             self.claim()
@@ -600,7 +609,7 @@ class _Pool:
                         piece = self.queue.popleft()
                     except IndexError:
                         break
-                    if not piece.job.future.cancel() and not piece.job.future.done():
+                    if not piece.job.cancel() and not piece.job.future.done():
                         running.append(piece)
                 self.queue.extend(running)
             thread = self.thread
@@ -1103,6 +1112,7 @@ class _Pool:
         try:
             self.launcher.stop(self.terminating or LEAVE)
         finally:
+            self.workers.clear()
             self.close_handles()
 
 

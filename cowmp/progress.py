@@ -78,10 +78,16 @@ def make_bar(total: int | None, progress: Any) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return _Failsafe(PlainBar(total, desc=options.get("desc", "cowmp"),
-                                  file=options.get("file")))
-    options.setdefault("desc", "cowmp")
-    return _Failsafe(_quiet_tqdm(tqdm)(total=total, **options))
+        tqdm = None
+    try:
+        if tqdm is None:
+            bar = PlainBar(total, desc=options.get("desc", "cowmp"), file=options.get("file"))
+        else:
+            options.setdefault("desc", "cowmp")
+            bar = _quiet_tqdm(tqdm)(total=total, **options)
+    except (OSError, ValueError):  # a stream that cannot be written: no bar
+        bar = None
+    return _Failsafe(bar)
 
 
 def _quiet_tqdm(tqdm: type) -> type:
