@@ -339,6 +339,9 @@ def _after_fork_in_child() -> None:
     """In a forked child the parent's executors are not ours: their handles were closed
     by the fork (:mod:`cowmp.handles`), and they are forgotten."""
     _pid[0] = os.getpid()
+    for pool in list(_live_pools):
+        if pool.launcher is not None:
+            pool.launcher.disown()
     _live_pools.clear()
 
 

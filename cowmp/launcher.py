@@ -12,6 +12,9 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import time
+from multiprocessing import connection
+from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -74,13 +77,10 @@ class ProcessLauncher:
         self.pending.append(("spawned", slot, process.pid))
         return ours
 
-    def kill(self, pid: int) -> None:
-        for process in self.processes.values():
+    def kill(self, pid: int, signum: int = getattr(signal, "SIGKILL", 9)) -> None:
+        for process in list(self.processes.values()):
             if process.pid == pid and process.exitcode is None:
-                if hasattr(signal, "SIGKILL"):
-                    os.kill(pid, signal.SIGKILL)
-                else:  # pragma: no cover - Windows
-                    process.terminate()
+                _signal(process, signum)
 
     def has_event(self) -> bool:
         return bool(self.pending)
@@ -97,18 +97,35 @@ class ProcessLauncher:
 
     def stop(self, how: int = 0, timeout: float = 7.0) -> None:
         """Reap the workers: they leave on their own (``how`` 0), or get the signal
-        ``how`` now (killed after ``timeout`` either way)."""
-        for process in list(self.processes.values()):
-            if how and process.exitcode is None and hasattr(signal, "SIGKILL"):
-                try:
-                    os.kill(process.pid, how)
-                except ProcessLookupError:
-                    pass
-            process.join(timeout)
-            if process.exitcode is None:
-                self.kill(process.pid)
-                process.join()
+        ``how`` now (killed after ``timeout`` either way).  A worker's end is seen on
+        its sentinel, which also works where SIGCHLD is ignored (nothing to reap)."""
+        processes = list(self.processes.values())
+        if how:
+            for process in processes:
+                _signal(process, how)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            if not connection.wait([process.sentinel], max(0.0, deadline - time.monotonic())):
+                _signal(process, getattr(signal, "SIGKILL", 9))
+                connection.wait([process.sentinel])
+            process.join(0)
         self.processes.clear()
+
+    def disown(self) -> None:
+        """In a forked child: these workers are the parent's.  multiprocessing would
+        terminate and join them at the child's exit (they are in its list of children)."""
+        for process in self.processes.values():
+            mp_process._children.discard(process)  # type: ignore[attr-defined]
 
     def poll(self) -> int | None:
         return None
+
+
+def _signal(process: Any, signum: int) -> None:
+    try:
+        if hasattr(signal, "SIGKILL"):
+            os.kill(process.pid, signum)
+        else:  # pragma: no cover - Windows
+            process.terminate()
+    except ProcessLookupError:
+        pass  # gone already

@@ -109,6 +109,9 @@ class ForkServer:
     def waitables(self) -> list:
         return [self.events]
 
+    def disown(self) -> None:
+        """In a forked child: nothing to do (the server is not a multiprocessing child)."""
+
     def stop(self, how: int = LEAVE, timeout: float = STOP_GRACE + 2) -> None:
         """Let the server end and reap it: its workers leave on their own (``LEAVE``), or
         it ends them now with ``TERMINATE`` (SIGTERM) or ``KILL_NOW`` (SIGKILL)."""
