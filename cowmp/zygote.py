@@ -38,8 +38,10 @@ SPAWN, KILL, STOP = 1, 2, 3
 #: how STOP ends the workers: they leave when their connection closes, or now
 LEAVE, TERMINATE, KILL_NOW = 0, signal.SIGTERM, signal.SIGKILL
 _COMMAND = struct.Struct("!iqq")
-#: seconds the server gives its workers to leave after STOP before killing them
+#: seconds the server gives its workers to leave after STOP before killing them, and
+#: after it has sent them the signal of a STOP that terminates them
 STOP_GRACE = 5.0
+TERMINATE_GRACE = 0.5
 
 
 class ForkServer:
@@ -184,6 +186,7 @@ class _Server:
                     stopping = time.monotonic() + STOP_GRACE
                     if self.stop_signal:
                         self.kill_all(self.stop_signal)
+                        stopping = time.monotonic() + TERMINATE_GRACE
                 if stopping is not None:
                     if not self.children:
                         return
