@@ -36,10 +36,22 @@ def fallback(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS)
 def cpython(session: nox.Session) -> None:
-    """CPython's own multiprocessing test suite against the cowfork start method."""
+    """CPython's own test suites against cowmp: multiprocessing's with the cowfork start
+    method (cpython_cowfork), concurrent.futures' process-pool tests with
+    CowProcessPoolExecutor (cpython_futures; skipped where the Python lacks them).
+
+    Arguments naming a harness or its tests (``cpython_futures.ProcessPoolCowforkWaitTest``)
+    run only those; the others (``-v``, ``-k PATTERN``) go to every unittest run.
+    """
     session.install("-e", ".")
     session.chdir("tests/cpython")
-    session.run("python", "-m", "unittest", "cpython_cowfork", *session.posargs)
+    names = [arg for arg in session.posargs if arg.startswith("cpython_")]
+    options = [arg for arg in session.posargs if not arg.startswith("cpython_")]
+    harnesses = dict.fromkeys(name.split(".")[0] for name in names) or dict.fromkeys(
+        ["cpython_cowfork", "cpython_futures"])
+    for harness in harnesses:  # one interpreter each
+        tests = [name for name in names if name.split(".")[0] == harness] or [harness]
+        session.run("python", "-m", "unittest", *options, *tests)
 
 
 @nox.session(python="3.11")

@@ -330,6 +330,14 @@ class _Worker:
                 self.inflight_seconds - running.estimate)
 
 
+class _Ended:
+    """Stands for a manager thread that has ended (joined at once)."""
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+_ENDED: Any = _Ended()
 _live_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
 _pid = [os.getpid()]  # this process's id, kept current across forks (no system call)
 _global_shutdown = False
@@ -501,7 +509,7 @@ class _Pool:
             try:
                 job.fn_payload = self.pickle_function(job.fn)
             except serialize.TaskPicklingError as error:
-                job.fail_all(piece.indices, error)
+                job.fail_all(piece.indices, serialize.without_frames(error))
                 return False
         while True:
             tasks, kwargs, bad = self._pickle_tasks(job, piece.indices)
@@ -528,7 +536,7 @@ class _Pool:
                                          "keyword arguments")
             except serialize.TaskPicklingError:
                 failed = dict.fromkeys(range(len(indices)))
-        bad = {indices[position]: self._task_error(job, indices[position])
+        bad = {indices[position]: serialize.without_frames(self._task_error(job, indices[position]))
                for position in failed}
         return tasks, kwargs, bad
 
@@ -649,6 +657,7 @@ class _Pool:
                     self.stop_workers()
                 finally:
                     self.active.acquire()
+                    self.thread = _ENDED  # the pool no longer holds the thread
 
     def loop(self) -> None:
         while True:
@@ -846,12 +855,13 @@ class _Pool:
         try:
             values, failed = serialize.unpack_list(view[start:start + size])
         except BaseException as error:  # noqa: BLE001 - SystemExit from a reduce too
-            values, failed = [None] * count, dict.fromkeys(range(count), error)
+            values = [None] * count
+            failed = dict.fromkeys(range(count), serialize.without_frames(error))
         try:
             errors = serialize.decode_errors(view[start + size:], describe)
         except BaseException as error:  # noqa: BLE001
             errors = {}
-            failed.update(dict.fromkeys(range(count), error))
+            failed.update(dict.fromkeys(range(count), serialize.without_frames(error)))
         for position, error in failed.items():
             if position not in errors:
                 problem = serialize.TaskUnpicklingError(
@@ -1460,8 +1470,11 @@ class _MapRun:
                            int(MIN_CHUNK_SECONDS / per_task))
             if self.sequences is None:  # read into memory ahead of its turn: bounded
                 size = min(size, MAX_CHUNK_TASKS)
-        else:  # probing: a few tasks per worker, to measure them
+        else:  # probing: a few tasks per worker, to measure them; no worker takes more
+            # than its share of a short input (the others would wait while it runs them)
             size = PROBE_TASKS + 1
+            if self.remaining is not None:
+                size = min(size, -(-self.remaining // workers))
         if self.pool.max_tasks is not None:
             size = min(size, self.pool.max_tasks)
         return max(1, size)

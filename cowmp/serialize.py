@@ -214,6 +214,19 @@ _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _SEQUENCES = frozenset({tuple, list})
 
 
+def without_frames(error: BaseException) -> BaseException:
+    """``error`` and its causes without their tracebacks.  Their frames lead back through
+    the stack of the thread that caught them (and form cycles with the locals that hold
+    the error), keeping that thread's objects alive as long as the error lives."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return error
+
+
 def _plain(values: list) -> bool:
     """Can nothing in ``values`` fail to pickle or unpickle?  (checked at C speed)"""
     types = set(map(type, values))
@@ -257,7 +270,7 @@ def pack_list(values: list, snapshot: Snapshot, *,
             except BaseException as error:  # noqa: BLE001 - the value's own failure
                 buffer.seek(start)
                 buffer.truncate()
-                failed[index] = error
+                failed[index] = without_frames(error)
         ends.append(buffer.tell())
     index_part = struct.pack(f"!{len(ends)}Q", *ends)
     return b"".join((_SPLIT, _COUNT.pack(len(ends)), index_part, buffer.getbuffer())), failed
@@ -282,7 +295,7 @@ def unpack_list(data: bytes | memoryview) -> tuple[list, dict[int, BaseException
             try:
                 value = loads(view[base + start:base + end])
             except BaseException as error:  # noqa: BLE001 - that value's failure alone
-                failed[index] = error
+                failed[index] = without_frames(error)
         values.append(value)
         start = end
     return values, failed
@@ -384,7 +397,7 @@ def decode_errors(data: bytes | memoryview,
             failure = TaskUnpicklingError(
                 f"task {describe_task(index)} raised {name}: {message}, which cannot be "
                 f"rebuilt in this process: {describe(error)}")
-            failure.__cause__ = error
+            failure.__cause__ = without_frames(error)
             failure.remote_traceback = tb  # type: ignore[attr-defined]
             errors[index] = failure
     return errors
