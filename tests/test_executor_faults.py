@@ -1373,3 +1373,127 @@ def test_soak_two_executors_threads_killed_workers_and_a_shutdown(make_executor)
             assert isinstance(error, BrokenProcessPool), entry
     pids = seen_pids | set(servers)
     assert _all_gone(pids, timeout=15), _alive(pids)
+
+
+# -- more deaths: SIGTERM ignored, a deadly argument in a chunk, grandchildren -------------
+
+
+def _ignore_sigterm_and_sleep(path, seconds):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _append_line(path, os.getpid())
+    time.sleep(seconds)
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_leaving_with_ends_even_workers_that_ignore_sigterm(tmp_path):
+    marks = tmp_path / "marks.txt"
+    ex = CowProcessPoolExecutor(2)
+    pids = _ready_workers(ex)
+    futures = []
+    left = None
+    with pytest.raises(KeyboardInterrupt):
+        with ex:
+            futures = [ex.submit(_ignore_sigterm_and_sleep, str(marks), 30) for _ in range(4)]
+            assert _wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
+            left = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - left < 1.5, "the with block was left late"
+    assert _all_gone(pids, timeout=5), _alive(pids)
+    for future in futures:
+        assert future.done()
+        assert future.cancelled() or isinstance(_error_of(future, 1), BrokenProcessPool)
+
+
+class _KillsWorkerWhenLoaded:
+    """An argument whose unpickling kills the worker (never the test process)."""
+
+    def __reduce__(self):
+        return _die_in_child, ()
+
+
+def _die_in_child():
+    if os.getpid() != PARENT_PID:
+        os._exit(7)
+    return "loaded in the parent"
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_an_argument_that_kills_its_worker_when_unpickled_fails_after_two_deaths_alone(
+        make_executor):
+    ex = make_executor(max_workers=2)
+    items = [1, 2, _KillsWorkerWhenLoaded(), 4, 5]
+    got = []
+    with pytest.raises(cowmp.WorkerDiedError, match="exit code 7") as info:
+        for value in ex.map(_identity, items, chunksize=5):
+            got.append(value)
+    assert got == [1, 2]
+    assert "reading" in str(info.value)
+    # the others of the chunk ran again and succeed; the pool still works
+    assert [f.result(timeout=30) for f in [ex.submit(_identity, i) for i in (4, 5)]] == [4, 5]
+    futures = [ex.submit(_identity, v) for v in items]
+    outcomes = [_outcome_of(f, 30) for f in futures]
+    assert [o[1] for o in outcomes if o[0] == "result"] == [1, 2, 4, 5]
+    assert isinstance(outcomes[2][1], cowmp.WorkerDiedError)
+
+
+def _fork_a_sleeper_then_die(path):
+    pid = os.fork()
+    if pid == 0:  # a grandchild of the worker that outlives it
+        time.sleep(30)
+        os._exit(0)
+    _append_line(path, pid)
+    os._exit(3)
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_a_process_forked_by_a_task_does_not_keep_its_dead_worker_alive(make_executor,
+                                                                       tmp_path):
+    """The worker's connection is closed in processes its tasks fork: its death is seen
+    when it dies, not when the grandchild ends."""
+    ex = make_executor(max_workers=2)
+    _ready_workers(ex)
+    marks = tmp_path / "grandchild.txt"
+    started = time.monotonic()
+    future = ex.submit(_fork_a_sleeper_then_die, str(marks))
+    try:
+        error = _error_of(future, 20)
+        assert isinstance(error, cowmp.WorkerDiedError), error
+        assert time.monotonic() - started < 10
+        assert ex.submit(_square, 3).result(timeout=30) == 9
+    finally:
+        for line in _lines(marks):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line), signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_of_the_manager_thread_breaks_the_pool_with_its_cause_and_logs_it(
+        monkeypatch, caplog):
+    """A bug in the manager thread must still end every future: BrokenProcessPool with
+    the original error as __cause__, and the traceback logged."""
+    from cowmp import executor as executor_module
+
+    armed = threading.Event()
+    check_memory = executor_module._Pool.check_memory
+
+    def broken(self):
+        if armed.is_set():
+            raise ZeroDivisionError("a bug in the manager")
+        check_memory(self)
+
+    monkeypatch.setattr(executor_module._Pool, "check_memory", broken)
+    ex = CowProcessPoolExecutor(2)
+    _ready_workers(ex)
+    with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+        futures = [ex.submit(_sleep_return, 0.5, i) for i in range(4)]
+        armed.set()
+        errors = [_error_of(f, 20) for f in futures]
+    assert all(isinstance(e, BrokenProcessPool) for e in errors), errors
+    assert isinstance(errors[0].__cause__, ZeroDivisionError), errors[0].__cause__
+    assert "a bug in the manager" in caplog.text
+    assert "Traceback" in caplog.text or caplog.records[0].exc_info
+    with pytest.raises(BrokenProcessPool):
+        ex.submit(_square, 1)
+    ex.shutdown()
