@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import handles, serialize, worker
+from .zygote import TERMINATE_GRACE
 
 __all__ = ["ProcessLauncher"]
 
@@ -97,12 +98,14 @@ class ProcessLauncher:
 
     def stop(self, how: int = 0, timeout: float = 7.0) -> None:
         """Reap the workers: they leave on their own (``how`` 0), or get the signal
-        ``how`` now (killed after ``timeout`` either way).  A worker's end is seen on
-        its sentinel, which also works where SIGCHLD is ignored (nothing to reap)."""
+        ``how`` now; killed after ``timeout``, or half a second after the signal.  A
+        worker's end is seen on its sentinel, which also works where SIGCHLD is ignored
+        (nothing to reap)."""
         processes = list(self.processes.values())
         if how:
             for process in processes:
                 _signal(process, how)
+            timeout = min(timeout, TERMINATE_GRACE)
         deadline = time.monotonic() + timeout
         for process in processes:
             if not connection.wait([process.sentinel], max(0.0, deadline - time.monotonic())):
