@@ -5,8 +5,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import cowmp
@@ -16,6 +18,34 @@ ROOT = Path(__file__).resolve().parent.parent
 requires_fork = pytest.mark.skipif(
     cowmp.FALLBACK, reason="cowfork falls back to loky here: nothing is forked"
 )
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    """Poll ``predicate`` until it is true; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def gone(pid):
+    """True if ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def is_helper(proc):
+    """loky's resource trackers (fallback mode) outlive a test: they are not ours."""
+    try:
+        return "resource_tracker" in " ".join(proc.cmdline())
+    except psutil.ZombieProcess:
+        return False
+    except psutil.NoSuchProcess:
+        return True  # gone meanwhile
 
 
 def run_script(code: str, *, env: dict | None = None, timeout: float = 120,

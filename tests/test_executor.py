@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import requires_fork, run_script
+from conftest import gone, is_helper, requires_fork, run_script, wait_for
 
 import cowmp
 from cowmp import CowProcessPoolExecutor, serialize
@@ -123,16 +123,6 @@ def _is_shared(obj):
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _wait_for(predicate, timeout=10.0, interval=0.02):
-    """Poll ``predicate`` until it is true; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def _all_ready(ex):
     workers = list(ex._pool.workers.values())
     return len(workers) == ex._max_workers and all(w.ready and w.pid for w in workers)
@@ -141,18 +131,10 @@ def _all_ready(ex):
 def _two_worker_pids(ex):
     """The executor's two worker pids, once both workers are ready (starts the manager)."""
     ex.submit(_identity, 0).result(timeout=30)
-    assert _wait_for(lambda: _all_ready(ex), timeout=30), "the workers never got ready"
+    assert wait_for(lambda: _all_ready(ex), timeout=30), "the workers never got ready"
     pids = set(ex.worker_pids)
     assert len(pids) == 2, pids
     return pids
-
-
-def _gone(pid):
-    """True if ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _zombies():
@@ -169,16 +151,6 @@ def _zombies():
     return result
 
 
-def _is_helper(proc):
-    """loky's resource trackers (fallback mode) outlive a test: they are not ours."""
-    try:
-        return "resource_tracker" in " ".join(proc.cmdline())
-    except psutil.ZombieProcess:
-        return False
-    except psutil.NoSuchProcess:
-        return True  # gone meanwhile
-
-
 @pytest.fixture(autouse=True)
 def _executor_cleaned_up():
     """After each test: no manager thread and no new child process (fork server, worker,
@@ -186,15 +158,15 @@ def _executor_cleaned_up():
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    managers_gone = _wait_for(lambda: not [t for t in threading.enumerate()
+    managers_gone = wait_for(lambda: not [t for t in threading.enumerate()
                                            if t.name == "cowmp-executor"], timeout=10)
     assert managers_gone, [t.name for t in threading.enumerate()]
 
     def left():
         return [p for p in me.children(recursive=True)
-                if p.pid not in before and not _is_helper(p)]
+                if p.pid not in before and not is_helper(p)]
 
-    assert _wait_for(lambda: not left(), timeout=10), [
+    assert wait_for(lambda: not left(), timeout=10), [
         (p.pid, p.status()) for p in left()]
 
 
@@ -236,7 +208,7 @@ def test_shutdown_without_any_task_stops_the_workers():
     server = ex.fork_server_pid
     ex.shutdown(wait=True)
     if server is not None:
-        assert _wait_for(lambda: _gone(server), timeout=5)
+        assert wait_for(lambda: gone(server), timeout=5)
 
 
 @pytest.mark.timeout(60)
@@ -768,7 +740,7 @@ def test_executor_task_timeout_fails_the_late_task_and_replaces_its_worker():
         assert "timeout" in str(error)
         assert time.monotonic() - started < 10
         assert [f.result(timeout=30) for f in others] == list(range(10))
-        after = _wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids) != before
+        after = wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids) != before
                           and set(ex.worker_pids), timeout=10)
         assert after and len(after - before) == 1, (before, after)
         assert ex.submit(_square, 3).result(timeout=30) == 9
@@ -822,7 +794,7 @@ def test_a_dying_worker_fails_only_its_task(task, exitcode, text):
         assert error.pid in before
         assert [f.result(timeout=30) for f in others + more] == list(range(10))
         assert ex.submit(_square, 8).result(timeout=30) == 64
-        after = _wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids))
+        after = wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids))
         assert after and error.pid not in after
 
 
@@ -832,7 +804,7 @@ def test_a_worker_killed_while_idle_is_replaced_and_nothing_fails():
         before = _two_worker_pids(ex)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        after = _wait_for(lambda: len(ex.worker_pids) == 2 and victim not in ex.worker_pids
+        after = wait_for(lambda: len(ex.worker_pids) == 2 and victim not in ex.worker_pids
                           and set(ex.worker_pids))
         assert after, ex.worker_pids
         assert [f.result(timeout=30) for f in [ex.submit(_square, i) for i in range(20)]] \
@@ -885,7 +857,7 @@ def test_repeated_crashes_are_each_reported_promptly_and_leave_no_zombie():
             assert isinstance(error, cowmp.WorkerDiedError)
             assert "SIGKILL" in str(error), (attempt, str(error), f"{elapsed:.2f} s")
             assert elapsed < 3, (attempt, str(error), f"{elapsed:.2f} s")
-            assert _wait_for(lambda: not _zombies(), timeout=2), (attempt, _zombies())
+            assert wait_for(lambda: not _zombies(), timeout=2), (attempt, _zombies())
         assert ex.submit(_square, 2).result(timeout=30) == 4
 
 
@@ -898,7 +870,7 @@ def test_no_zombies_after_crashes_timeouts_and_retirements():
         assert isinstance(late.exception(timeout=30), TimeoutError)
         assert [f.result(timeout=30) for f in [ex.submit(_square, i) for i in range(10)]] \
             == [i * i for i in range(10)]
-        assert _wait_for(lambda: not _zombies(), timeout=3), _zombies()
+        assert wait_for(lambda: not _zombies(), timeout=3), _zombies()
         assert ex.submit(_square, 2).result(timeout=30) == 4
 
 
@@ -1036,19 +1008,19 @@ def test_parent_death_ends_the_fork_server_and_the_workers():
             info = json.loads(line)
             pids = [p for p in [info["server"], *info["workers"]] if p is not None]
             assert len(info["workers"]) == 2
-            assert all(not _gone(pid) for pid in pids)
+            assert all(not gone(pid) for pid in pids)
             proc.kill()
             proc.wait(10)
             killed = time.monotonic()
-            assert _wait_for(lambda: all(_gone(pid) for pid in pids), timeout=5), [
-                pid for pid in pids if not _gone(pid)]
+            assert wait_for(lambda: all(gone(pid) for pid in pids), timeout=5), [
+                pid for pid in pids if not gone(pid)]
             assert time.monotonic() - killed < 5
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             for pid in pids:
-                if not _gone(pid):
+                if not gone(pid):
                     os.kill(pid, signal.SIGKILL)
             proc.stdout.close()
             proc.stderr.close()

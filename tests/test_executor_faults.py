@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import requires_fork, run_script
+from conftest import gone, is_helper, requires_fork, run_script, wait_for
 
 import cowmp
 from cowmp import CowProcessPoolExecutor
@@ -237,40 +237,12 @@ def _soak_task(task_id, seconds):
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _wait_for(predicate, timeout=10.0, interval=0.02):
-    """Poll ``predicate`` until it is true; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def _gone(pid):
-    """True if ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _all_gone(pids, timeout):
-    return _wait_for(lambda: all(_gone(pid) for pid in pids), timeout=timeout)
+    return wait_for(lambda: all(gone(pid) for pid in pids), timeout=timeout)
 
 
 def _alive(pids):
-    return [pid for pid in pids if not _gone(pid)]
-
-
-def _is_helper(proc):
-    """loky's resource trackers (fallback mode) outlive a test: they are not ours."""
-    try:
-        return "resource_tracker" in " ".join(proc.cmdline())
-    except psutil.ZombieProcess:
-        return False
-    except psutil.NoSuchProcess:
-        return True
+    return [pid for pid in pids if not gone(pid)]
 
 
 def _error_of(future, timeout):
@@ -298,7 +270,7 @@ def _outcome_of(future, timeout):
 def _ready_workers(ex, count=2, timeout=30):
     """Run a task, then wait until the executor has ``count`` workers; their pids."""
     assert ex.submit(pow, 2, 5).result(timeout=timeout) == 32
-    assert _wait_for(lambda: len(ex.worker_pids) == count, timeout=timeout), ex.worker_pids
+    assert wait_for(lambda: len(ex.worker_pids) == count, timeout=timeout), ex.worker_pids
     return set(ex.worker_pids)
 
 
@@ -353,11 +325,11 @@ def _bounded_cleanup():
     def children_left():
         left = []
         for p in me.children(recursive=True):
-            if p.pid not in children_before and not _is_helper(p) and not _gone(p.pid):
+            if p.pid not in children_before and not is_helper(p) and not gone(p.pid):
                 left.append(p)
         return left
 
-    if _wait_for(lambda: not threads_left() and not children_left(), timeout=10):
+    if wait_for(lambda: not threads_left() and not children_left(), timeout=10):
         return
     left = ([t.name for t in threads_left()], [p.pid for p in children_left()])
     deadline = time.monotonic() + 20
@@ -444,7 +416,7 @@ def _stop_script(proc, pids):
         proc.kill()
         proc.wait(10)
     for pid in pids:
-        if not _gone(pid):
+        if not gone(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     proc.stdout.close()
@@ -624,7 +596,7 @@ def test_shutdown_cancelling_futures_ends_a_map_iterated_in_another_thread(
         # its consumer: for a chunk that the shutdown cancels
         busy_marks = tmp_path / "busy.txt"
         busy = [ex.submit(_mark_and_sleep, str(busy_marks), 1.0, i) for i in range(2)]
-        assert _wait_for(lambda: len(_lines(busy_marks)) == 2, timeout=30), "not busy"
+        assert wait_for(lambda: len(_lines(busy_marks)) == 2, timeout=30), "not busy"
 
     def consume():
         try:
@@ -643,9 +615,9 @@ def test_shutdown_cancelling_futures_ends_a_map_iterated_in_another_thread(
     consumer.start()
     assert mapping.wait(30), "map() did not return"
     if when == "while_running":
-        assert _wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
+        assert wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
     elif when == "workers_busy":
-        _wait_for(lambda: _blocked_in_wait(consumer), timeout=5)
+        wait_for(lambda: _blocked_in_wait(consumer), timeout=5)
     ex.shutdown(wait=False, cancel_futures=True)
     stopped = time.monotonic()
     consumer.join(10)
@@ -820,7 +792,7 @@ def test_executors_shut_down_in_a_loop_leave_no_descriptor_open():
         counts.append(_fd_count())
         return counts[-1] <= baseline + 2
 
-    assert _wait_for(back_to_baseline, timeout=5), (baseline, counts[-1])
+    assert wait_for(back_to_baseline, timeout=5), (baseline, counts[-1])
 
 
 @requires_fork
@@ -830,7 +802,7 @@ def test_a_worker_does_not_inherit_the_descriptors_of_other_executors(make_execu
     def fds_of(ex):
         futures = [ex.submit(_sleep_return, 0.3, i) for i in range(4)]  # both workers run
         assert [f.result(timeout=30) for f in futures] == list(range(4))
-        assert _wait_for(lambda: len(ex.worker_pids) == 2, timeout=30), ex.worker_pids
+        assert wait_for(lambda: len(ex.worker_pids) == 2, timeout=30), ex.worker_pids
         workers = max(_fd_count(pid) for pid in ex.worker_pids)
         return workers, _fd_count(ex.fork_server_pid)
 
@@ -872,7 +844,7 @@ def test_a_constructor_that_fails_leaves_no_descriptor_open(monkeypatch):
         counts.append(_fd_count())
         return counts[-1] <= baseline
 
-    assert _wait_for(back_to_baseline, timeout=2), (baseline, counts[-1])
+    assert wait_for(back_to_baseline, timeout=2), (baseline, counts[-1])
     with CowProcessPoolExecutor(max_workers=2) as ex:  # and nothing else is broken
         _check_works(ex)
 
@@ -1011,7 +983,7 @@ def test_terminate_and_kill_workers_stop_running_tasks_at_once(make_executor, tm
     pids = _ready_workers(ex)
     marks = tmp_path / "started.txt"
     futures = [ex.submit(_mark_and_sleep, str(marks), 30, i) for i in range(6)]
-    assert _wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
+    assert wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
     started = time.monotonic()
     getattr(ex, method)()
     done, not_done = cf.wait(futures, timeout=2)
@@ -1020,7 +992,7 @@ def test_terminate_and_kill_workers_stop_running_tasks_at_once(make_executor, tm
     for future in futures:
         assert future.cancelled() or future.exception() is not None
     assert _all_gone(pids, timeout=5), _alive(pids)
-    assert _wait_for(lambda: not _alive(ex.worker_pids), timeout=5), ex.worker_pids
+    assert wait_for(lambda: not _alive(ex.worker_pids), timeout=5), ex.worker_pids
 
 
 # -- 10. who a worker is ---------------------------------------------------------------------
@@ -1118,7 +1090,7 @@ def test_map_keeps_no_reference_to_the_results_it_yielded(make_executor):
             gc.collect()
             return ref() is None
 
-        assert _wait_for(freed, timeout=2), "map still holds a result it yielded"
+        assert wait_for(freed, timeout=2), "map still holds a result it yielded"
 
 
 @pytest.mark.timeout(120)
@@ -1186,7 +1158,7 @@ def test_the_fork_server_killed_fails_every_pending_future_and_breaks_the_pool(
     pids = _ready_workers(ex)
     marks = tmp_path / "started.txt"
     futures = [ex.submit(_mark_and_sleep, str(marks), 2, i) for i in range(8)]
-    assert _wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
+    assert wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
     os.kill(ex.fork_server_pid, signal.SIGKILL)
     done, not_done = cf.wait(futures, timeout=10)
     assert not not_done, f"{len(not_done)} futures still pending 10 s after the kill"
@@ -1340,7 +1312,7 @@ def test_soak_two_executors_threads_killed_workers_and_a_shutdown(make_executor)
     assert not slow, slow[:3]
     assert not unexpected, unexpected[:10]
     futures = [future for _, _, future in submitted]
-    assert _wait_for(lambda: all(f.done() for f in futures), timeout=30), (
+    assert wait_for(lambda: all(f.done() for f in futures), timeout=30), (
         f"{sum(not f.done() for f in futures)} of {len(futures)} futures never completed")
     for ex in executors.values():
         seen_pids.update(ex.worker_pids)
@@ -1394,7 +1366,7 @@ def test_an_exception_leaving_with_ends_even_workers_that_ignore_sigterm(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         with ex:
             futures = [ex.submit(_ignore_sigterm_and_sleep, str(marks), 30) for _ in range(4)]
-            assert _wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
+            assert wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
             left = time.monotonic()
             raise KeyboardInterrupt
     assert time.monotonic() - left < 1.5, "the with block was left late"
