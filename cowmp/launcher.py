@@ -111,7 +111,7 @@ class ProcessLauncher:
             if not connection.wait([process.sentinel], max(0.0, deadline - time.monotonic())):
                 _signal(process, getattr(signal, "SIGKILL", 9))
                 connection.wait([process.sentinel])
-            process.join(0)
+            process.join(5)  # it has ended (or is ending): reap it
         self.processes.clear()
 
     def disown(self) -> None:
