@@ -125,10 +125,12 @@ def _describe_task(fn: Any, args: tuple) -> str:
 
 class _Job:
     """One ``submit()`` (``single``: its future gets the value) or one map chunk (its
-    future gets ``(values, errors)``, errors mapping an index to its exception)."""
+    future gets ``(values, errors, plain)``, errors mapping an index to its exception,
+    ``plain`` telling that the values hold no instance)."""
 
     __slots__ = ("args", "claimed", "errors", "fn", "fn_payload", "future", "kwargs",
-                 "missing", "run", "single", "size", "source", "star", "timeout", "values")
+                 "missing", "plain", "run", "single", "size", "source", "star", "timeout",
+                 "values")
 
     def __init__(self, future: Future | _Chunk, fn: Any, args: list | None,
                  kwargs: list | None, single: bool, timeout: float | None, star: bool = True,
@@ -152,6 +154,7 @@ class _Job:
         self.errors: dict[int, BaseException] = {}
         self.missing = self.size
         self.claimed = False
+        self.plain = True  # its values came as plain data (no instance: nothing to free)
 
     def materialize(self) -> None:
         """Read the arguments from ``source``.  A sequence that shrank since the map
@@ -196,10 +199,11 @@ class _Job:
         return self.future.set_running_or_notify_cancel()
 
     def settle_piece(self, indices: Any, values: list, errors: dict,
-                     measured: tuple[float, int]) -> None:
+                     measured: tuple[float, int], plain: bool = False) -> None:
         """The outcomes of the tasks at ``indices`` (errors by position in the piece), and
         the busy seconds of so many of them."""
         seconds, tasks = measured
+        self.plain = self.plain and plain
         if self.run is not None and seconds > 0 and tasks:
             self.run.measure(seconds, tasks)
         if self.values is None and len(values) == self.size:
@@ -245,7 +249,7 @@ class _Job:
             else:
                 self.future.set_result(self.all_values()[0])
         else:
-            self.future.set_result((self.all_values(), self.errors))
+            self.future.set_result((self.all_values(), self.errors, self.plain))
         self.fn = self.args = self.kwargs = self.fn_payload = self.source = None
 
     def fail_all(self, indices: Any, error: BaseException) -> None:
@@ -869,7 +873,8 @@ class _Pool:
                     f"this process: {serialize.describe(error)}")
                 problem.__cause__ = error
                 errors[position] = problem
-        job.settle_piece(piece.indices, values, errors, (seconds, timed))
+        job.settle_piece(piece.indices, values, errors, (seconds, timed),
+                         plain=view[start:start + 1] != serialize.SPLIT)
         if job.run is not None:
             job.run.refill()
         w.retiring = w.retiring or bool(retiring)
@@ -1377,20 +1382,23 @@ class _MapIterator(itertools.chain):
         return iterator
 
     def close(self) -> None:
-        current = self._run.current  # the rest of the chunk being handed over
-        current.clear()
-        current.append(_END)
+        # the rest of the chunk being handed over: let it go (its iterator is left
+        # empty, and the chain goes on to the closed generator: StopIteration)
+        collections.deque(self._run.current, maxlen=0)
         self._chunks.close()  # type: ignore[attr-defined]
 
 
-_END = object()  # ends a chunk's deque of results
+_END = object()
 
 
-def _handing_over(values: list) -> tuple[collections.deque, Iterator]:
-    """The values as a deque, and an iterator that takes each out as it yields it."""
+def _handing_over(values: list, plain: bool) -> Iterator:
+    """The values one by one, each let go of as it is yielded (at C speed: a deque's
+    popleft called once per value).  Plain values (numbers, strings, containers of those:
+    nothing that can be referenced weakly) are simply iterated, the fastest way."""
+    if plain:
+        return iter(values)
     queue = collections.deque(values)
-    queue.append(_END)
-    return queue, iter(queue.popleft, _END)
+    return itertools.starmap(queue.popleft, itertools.repeat((), len(queue)))
 
 
 def _length(iterables: tuple) -> int | None:
@@ -1433,7 +1441,7 @@ class _MapRun:
             self.measured = (0.0, 0.0)
         self.per_task: float | None = None
         self.update_per_task()
-        self.current: collections.deque = collections.deque()  # results being handed over
+        self.current: Iterator = iter(())  # the results being handed over
         self.lock = threading.Lock()  # the manager thread reads sequences ahead too
         self.closed = False
         self.stopped: BaseException | None = None  # why the executor stopped the reading
@@ -1574,7 +1582,7 @@ class _MapRun:
             while self.chunks:
                 future = self.chunks[0]
                 remaining = None if end_time is None else end_time - time.monotonic()
-                values, errors = future.result(remaining)
+                values, errors, plain = future.result(remaining)
                 future.value = None  # the results are the consumer's from here on
                 count = len(values)
                 with self.lock:
@@ -1585,11 +1593,11 @@ class _MapRun:
                     self.fill()
                 if errors:
                     first = min(errors)
-                    self.current, results = _handing_over(values[:first])
+                    self.current = results = _handing_over(values[:first], plain)
                     del values
                     yield results
                     raise errors[first]
-                self.current, results = _handing_over(values)
+                self.current = results = _handing_over(values, plain)
                 del values, errors
                 yield results
                 del results

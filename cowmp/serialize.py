@@ -11,7 +11,6 @@ raises :class:`TaskPicklingError`, which names it.
 from __future__ import annotations
 
 import io
-import itertools
 import pickle
 import struct
 import sys
@@ -24,8 +23,8 @@ import cloudpickle
 
 from . import sharing
 
-__all__ = ["RemoteTraceback", "TaskPicklingError", "TaskUnpicklingError", "dumps", "loads",
-           "pack_list", "unpack_list", "wrap_exception"]
+__all__ = ["SPLIT", "RemoteTraceback", "TaskPicklingError", "TaskUnpicklingError", "dumps",
+           "loads", "pack_list", "unpack_list", "wrap_exception"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MAIN_MARK = b"__main__"
@@ -202,16 +201,32 @@ def loads(data: bytes | memoryview) -> Any:
 
 
 # -- lists of values, each of which can fail alone ---------------------------------------
-# A list of tasks' arguments or results travels as one pickle when every value is of a
-# type whose unpickling cannot fail (numbers, strings, bytes, and tuples or lists of
-# those); otherwise each value is pickled on its own, so that one that cannot be pickled
-# or unpickled fails its task alone.  ``W`` + pickle, or ``S`` + count + end offsets +
-# the values' pickles.
+# A list of tasks' arguments or results travels as one pickle when it holds only what the
+# C pickler writes itself (None, bools, numbers, strings, bytes, and tuples, lists, dicts
+# and sets of those, at any depth): no code runs to unpickle it, so nothing in it can
+# fail.  Anything else (an instance, a class, a function) makes the pickler call
+# ``reducer_override``, which stops it: then each value is pickled on its own, so that one
+# that cannot be pickled or unpickled fails its task alone.  ``W`` + pickle, or ``S`` +
+# count + end offsets + the values' pickles (``R`` instead of ``W``: the pickle refers to
+# shared objects, and needs cowmp's unpickler).
 
-_WHOLE, _SPLIT = b"W", b"S"
+_WHOLE, _WHOLE_SHARED, SPLIT = b"W", b"R", b"S"
 _COUNT = struct.Struct("!Q")
-_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
-_SEQUENCES = frozenset({tuple, list})
+
+
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainPickler(pickle.Pickler):
+    """The C pickler, stopped by the first object it does not write itself."""
+
+    def reducer_override(self, obj: Any) -> Any:  # noqa: D102
+        raise _NotPlain
+
+
+class _PlainSharingPickler(_Sharing, _PlainPickler):
+    """The same, shared objects by reference (they are looked up, never rebuilt)."""
 
 
 def without_frames(error: BaseException) -> BaseException:
@@ -227,14 +242,19 @@ def without_frames(error: BaseException) -> BaseException:
     return error
 
 
-def _plain(values: list) -> bool:
-    """Can nothing in ``values`` fail to pickle or unpickle?  (checked at C speed)"""
-    types = set(map(type, values))
-    if types <= _PLAIN:
-        return True
-    if not types <= _SEQUENCES:
-        return False
-    return set(map(type, itertools.chain.from_iterable(values))) <= _PLAIN
+def _pickle_plain(values: list, snapshot: Snapshot, shared: bool) -> bytes | None:
+    """The pickle of ``values`` if it holds only what cannot fail (see above), else None."""
+    buffer = io.BytesIO()
+    try:
+        if shared:
+            _PlainSharingPickler(buffer, snapshot).dump(values)
+        else:
+            _PlainPickler(buffer, PROTOCOL).dump(values)
+    except _NotPlain:
+        return None
+    except RecursionError:  # nested too deeply for one pickle: value by value
+        return None
+    return buffer.getvalue()
 
 
 def pack_list(values: list, snapshot: Snapshot, *,
@@ -242,9 +262,10 @@ def pack_list(values: list, snapshot: Snapshot, *,
     """Pickle ``values``; return the data and the errors of those that could not be
     pickled by position (they travel as an empty value).  Any exception a value's
     pickling raises is caught, ``SystemExit`` included."""
-    if _plain(values):
-        return _WHOLE + pickle.dumps(values, PROTOCOL), {}
     use_shared = shared and bool(snapshot.shared)
+    data = _pickle_plain(values, snapshot, use_shared)
+    if data is not None:
+        return (_WHOLE_SHARED if use_shared else _WHOLE) + data, {}
     failed: dict[int, BaseException] = {}
     buffer = io.BytesIO()
     pickler: Any = None
@@ -273,7 +294,7 @@ def pack_list(values: list, snapshot: Snapshot, *,
                 failed[index] = without_frames(error)
         ends.append(buffer.tell())
     index_part = struct.pack(f"!{len(ends)}Q", *ends)
-    return b"".join((_SPLIT, _COUNT.pack(len(ends)), index_part, buffer.getbuffer())), failed
+    return b"".join((SPLIT, _COUNT.pack(len(ends)), index_part, buffer.getbuffer())), failed
 
 
 def unpack_list(data: bytes | memoryview) -> tuple[list, dict[int, BaseException]]:
@@ -281,7 +302,10 @@ def unpack_list(data: bytes | memoryview) -> tuple[list, dict[int, BaseException
     position (None stands in for those, and for values that travelled empty).  Any
     exception an unpickling raises is caught, ``SystemExit`` included."""
     view = memoryview(data)
-    if view[:1] == _WHOLE:
+    kind = view[:1]
+    if kind == _WHOLE:
+        return pickle.loads(view[1:]), {}
+    if kind == _WHOLE_SHARED:
         return loads(view[1:]), {}
     count = _COUNT.unpack_from(view, 1)[0]
     base = 1 + _COUNT.size + 8 * count
@@ -356,7 +380,9 @@ def encode_errors(errors: dict[int, Any], snapshot: Snapshot) -> bytes:
     """Pickle the exceptions (wrapped, by position) of a piece's tasks, each on its own,
     with its type, message and traceback as text beside it: an exception that cannot be
     rebuilt in the parent is still described there.  One that cannot be pickled at all is
-    replaced by a RuntimeError that carries its type and message."""
+    replaced by a RuntimeError that carries its type and message.  No exception: empty."""
+    if not errors:
+        return b""
     entries = []
     for index, wrapped in errors.items():
         if not isinstance(wrapped, _ExceptionWithTraceback):
@@ -390,6 +416,8 @@ def decode_errors(data: bytes | memoryview,
     here becomes a :class:`TaskUnpicklingError` that names it (``describe_task(index)``
     names its task), its unpickling error as ``__cause__``."""
     errors: dict[int, BaseException] = {}
+    if not len(data):
+        return errors
     for index, name, message, tb, payload in loads(data):
         try:
             errors[index] = loads(payload)
