@@ -47,6 +47,10 @@ _hooks_installed = False
 # works and releases only where it waits, holding nothing else: a fork that holds all of
 # them forks while every one of them is at such a point (see quiesced())
 _own_threads: dict[threading.Thread, threading.RLock] = {}
+#: seconds a fork waits for one of cowmp's threads to reach a safe point; past that (it
+#: runs a user's done-callback that blocks, or pickles something huge), the fork goes on
+#: and the thread is named by the warning like a foreign one
+QUIESCE_TIMEOUT = 5.0
 _leaving: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # done, not yet ended
 
 
@@ -75,16 +79,15 @@ def quiesced() -> Iterator[set[threading.Thread]]:
         for thread in list(_leaving):  # a few lines from their end: let them end
             if thread is not me:
                 thread.join(1.0)
-        held: list[threading.RLock] = []
+        held: dict[threading.Thread, threading.RLock] = {}
         try:
             for thread, active in list(_own_threads.items()):
-                if thread is not me:
-                    active.acquire()
-                    held.append(active)
+                if thread is not me and active.acquire(timeout=QUIESCE_TIMEOUT):
+                    held[thread] = active
             with handles.lock:
-                yield {t for t in list(_own_threads) if t is not me}
+                yield set(held)
         finally:
-            for active in reversed(held):
+            for active in reversed(held.values()):
                 active.release()
 
 

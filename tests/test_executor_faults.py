@@ -1469,3 +1469,36 @@ def test_a_failure_of_the_manager_thread_breaks_the_pool_with_its_cause_and_logs
     with pytest.raises(BrokenProcessPool):
         ex.submit(_square, 1)
     ex.shutdown()
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_a_done_callback_that_blocks_does_not_deadlock_the_next_executor(make_executor,
+                                                                        monkeypatch):
+    """A done-callback runs in the manager thread.  If it waits for the thread that is
+    creating another executor, the fork cannot wait for the manager to be at a safe
+    point: after a bounded wait it forks all the same, and warns naming the thread."""
+    from cowmp import forking
+
+    monkeypatch.setattr(forking, "QUIESCE_TIMEOUT", 0.5)
+    ex = make_executor(max_workers=2)
+    in_callback = threading.Event()
+    release = threading.Event()
+
+    def blocking_callback(_future):
+        in_callback.set()
+        release.wait(30)
+
+    future = ex.submit(_square, 3)
+    future.add_done_callback(blocking_callback)
+    try:
+        assert in_callback.wait(30), "the callback never ran"
+        started = time.monotonic()
+        with pytest.warns(cowmp.ForkWithThreadsWarning, match="cowmp-executor"):
+            other = make_executor(max_workers=2)
+        assert time.monotonic() - started < 10
+        assert other.submit(_square, 4).result(timeout=30) == 16
+    finally:
+        release.set()
+    assert future.result(timeout=30) == 9
+    assert ex.submit(_square, 5).result(timeout=30) == 25
