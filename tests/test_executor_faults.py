@@ -667,50 +667,12 @@ def test_a_new_executor_works_right_after_the_previous_one(previous):
         gc.collect()
 
 
-@pytest.mark.timeout(180)
-def test_a_new_executor_works_while_another_replaces_its_workers(make_executor):
-    busy = make_executor(max_workers=2, max_tasks_per_child=1)
-    _check_works(busy)
+@contextlib.contextmanager
+def _kept_busy(ex):
+    """A thread keeps ``ex`` busy with squares (a few in flight at a time) while the block
+    runs; afterwards every one of its futures has the right result."""
     stop = threading.Event()
-    done = []
-    errors = []
-
-    def keep_busy():
-        try:
-            for i in itertools.count():
-                if stop.is_set():
-                    return
-                futures = [busy.submit(_square, i * 4 + k) for k in range(4)]
-                assert [f.result(timeout=30) for f in futures] == [
-                    (i * 4 + k) ** 2 for k in range(4)]
-                done.append(i)
-        except BaseException as error:  # noqa: BLE001 - examined by the test
-            errors.append(error)
-
-    submitter = threading.Thread(target=keep_busy, name="fault-submitter", daemon=True)
-    submitter.start()
-    try:
-        for _ in range(ROUNDS):
-            with _warnings_only_about(submitter):
-                ex = make_executor(max_workers=2)
-            _check_works(ex)
-            ex.shutdown(wait=False)
-            del ex
-    finally:
-        stop.set()
-        submitter.join(60)
-    assert not submitter.is_alive(), "the submitting thread hangs"
-    assert not errors, errors
-    assert len(done) > 0
-
-
-@pytest.mark.timeout(180)
-def test_an_executor_created_and_shut_down_in_a_loop_next_to_a_busy_one(make_executor):
-    rounds = 10 if cowmp.FALLBACK else 100
-    a = make_executor(max_workers=2, max_tasks_per_child=1)
-    _check_works(a)
-    stop = threading.Event()
-    a_futures = []
+    submitted = []
     errors = []
 
     def stream():
@@ -718,9 +680,9 @@ def test_an_executor_created_and_shut_down_in_a_loop_next_to_a_busy_one(make_exe
             for i in itertools.count():
                 if stop.is_set():
                     return
-                future = a.submit(_square, i)
-                a_futures.append((i, future))
-                if i % 4 == 3:  # a few in flight at a time
+                future = ex.submit(_square, i)
+                submitted.append((i, future))
+                if i % 4 == 3:
                     future.result(timeout=30)
         except BaseException as error:  # noqa: BLE001 - examined by the test
             errors.append(error)
@@ -728,6 +690,36 @@ def test_an_executor_created_and_shut_down_in_a_loop_next_to_a_busy_one(make_exe
     submitter = threading.Thread(target=stream, name="fault-submitter", daemon=True)
     submitter.start()
     try:
+        yield submitter
+    finally:
+        stop.set()
+        submitter.join(60)
+    assert not submitter.is_alive(), "the submitting thread hangs"
+    assert not errors, errors
+    assert submitted, "nothing was submitted"
+    for i, future in submitted:
+        assert future.result(timeout=30) == i * i, i
+
+
+@pytest.mark.timeout(180)
+def test_a_new_executor_works_while_another_replaces_its_workers(make_executor):
+    busy = make_executor(max_workers=2, max_tasks_per_child=1)
+    _check_works(busy)
+    with _kept_busy(busy) as submitter:
+        for _ in range(ROUNDS):
+            with _warnings_only_about(submitter):
+                ex = make_executor(max_workers=2)
+            _check_works(ex)
+            ex.shutdown(wait=False)
+            del ex
+
+
+@pytest.mark.timeout(180)
+def test_an_executor_created_and_shut_down_in_a_loop_next_to_a_busy_one(make_executor):
+    rounds = 10 if cowmp.FALLBACK else 100
+    a = make_executor(max_workers=2, max_tasks_per_child=1)
+    _check_works(a)
+    with _kept_busy(a) as submitter:
         for r in range(rounds):
             with _warnings_only_about(submitter):
                 b = make_executor(max_workers=2)
@@ -736,14 +728,6 @@ def test_an_executor_created_and_shut_down_in_a_loop_next_to_a_busy_one(make_exe
                 (r * 10 + k) ** 2 for k in range(3)]
             b.shutdown(wait=True)
             del b
-    finally:
-        stop.set()
-        submitter.join(60)
-    assert not submitter.is_alive(), "the submitting thread hangs"
-    assert not errors, errors
-    assert len(a_futures) > rounds
-    for i, future in a_futures:
-        assert future.result(timeout=30) == i * i, i
 
 
 # -- 6. leaks --------------------------------------------------------------------------------
