@@ -67,6 +67,9 @@ READ_AHEAD_TASKS = 4096
 MAX_READ_AHEAD_TASKS = 1 << 17
 #: tasks in an automatic chunk read from an iterator (held in memory until it is sent)
 MAX_CHUNK_TASKS = 1 << 15
+#: tasks a map reads at most when the executor shuts down (the rest of an input longer
+#: than that, or endless, raises RuntimeError when the consumer reaches it)
+MAX_READ_AT_SHUTDOWN = 1 << 20
 #: workers that die before they are ready, in a row, before the pool is declared broken
 STARTUP_FAILURES = 3
 #: seconds to wait for a dead worker's exit status before reporting it unknown
@@ -1445,7 +1448,7 @@ class _MapRun:
         self.lock = threading.Lock()  # the manager thread reads sequences ahead too
         self.closed = False
         self.stopped: BaseException | None = None  # why the executor stopped the reading
-        self.reading_all = False
+        self.read_budget: int | None = None  # at shutdown: tasks it may still read
         # chunks' outcomes: the consumer waits on ``arrived`` for the chunk ``waiting``
         self.chunk_lock = threading.Lock()
         self.arrived = threading.Condition(self.chunk_lock)
@@ -1515,8 +1518,8 @@ class _MapRun:
     def wants_more(self, probing: bool) -> bool:
         """Read further ahead?  A few chunks per worker (or ``READ_AHEAD_TASKS``), and
         more while they are short, so that workers have their prefetch queues full."""
-        if self.reading_all:
-            return True
+        if self.read_budget is not None:
+            return self.read_budget > 0
         workers = self.pool.max_workers
         if self.buffered >= self.window():
             return False
@@ -1543,6 +1546,8 @@ class _MapRun:
                 break
             if self.remaining is not None:
                 self.remaining -= count
+            if self.read_budget is not None:
+                self.read_budget -= count
             future = _Chunk(self)
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
                        star=self.star, fn_payload=self.fn_payload, run=self, size=count,
@@ -1637,16 +1642,25 @@ class _MapRun:
     def read_all(self) -> None:
         """Read and queue the rest of the input now (the executor is shutting down, and
         the standard executor's map has read its input when it returns).  Not with
-        ``buffersize``, which bounds the reading as the standard library's does."""
+        ``buffersize``, which bounds the reading as the standard library's does.  At
+        most ``MAX_READ_AT_SHUTDOWN`` tasks: an endless input must not hang the
+        shutdown; the consumer gets RuntimeError where the reading stopped."""
         if self.buffersize is not None:
             return
         with self.lock:
             if self.closed:
                 return
-            self.reading_all = True
+            self.read_budget = MAX_READ_AT_SHUTDOWN
             try:
                 pieces = self.new_pieces()
             finally:
-                self.reading_all = False
+                unread = not self.exhausted and self.read_budget <= 0
+                self.read_budget = None
+            if unread:
+                self.closed = True
+                self.stopped = RuntimeError(
+                    f"the executor shut down while this map's input was still being "
+                    f"read; {MAX_READ_AT_SHUTDOWN} more tasks were read and run, but the "
+                    f"input goes on (give map() buffersize= for an endless input)")
         if pieces:
             self.pool.enqueue(pieces, check=False)

@@ -1486,3 +1486,36 @@ def test_a_done_callback_that_blocks_does_not_deadlock_the_next_executor(make_ex
         release.set()
     assert future.result(timeout=30) == 9
     assert ex.submit(_square, 5).result(timeout=30) == 25
+
+
+@pytest.mark.timeout(60)
+def test_an_endless_map_left_open_at_shutdown_does_not_hang_it(monkeypatch):
+    """At shutdown a map reads the rest of its input, but not without end: past
+    MAX_READ_AT_SHUTDOWN tasks the shutdown goes on, and the consumer gets the results
+    read, then RuntimeError."""
+    from cowmp import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "MAX_READ_AT_SHUTDOWN", 500)
+    started = time.monotonic()
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_square, itertools.count())
+        assert next(results) == 0
+    assert time.monotonic() - started < 30, "the shutdown read an endless input"
+    got = [0]
+    with pytest.raises(RuntimeError, match="input goes on"):
+        for value in results:
+            got.append(value)
+    assert got == [i * i for i in range(len(got))]
+    # what was read ahead before the shutdown, then at most 500 more (and a chunk)
+    assert 500 <= len(got) < 500 + 2 * executor_module.MAX_READ_AHEAD_TASKS
+
+
+@pytest.mark.timeout(60)
+def test_a_long_finite_map_read_at_shutdown_loses_nothing_up_to_the_limit(monkeypatch):
+    from cowmp import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "MAX_READ_AT_SHUTDOWN", 3000)
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        results = ex.map(_square, (i for i in range(2500)))
+        assert next(results) == 0
+    assert [0, *results] == [i * i for i in range(2500)]
