@@ -50,6 +50,7 @@ QUICK_ARGS = {
     "parent_policy": ["--children", "20", "--objects", "100000"],
     "startup": ["--gib", "0.1", "--workers", "2"],
     "executor": ["--tasks", "10000", "--repeat", "1"],
+    "shapes": ["--quick"],
 }
 FULL_TIMEOUT = 1800.0  # seconds, per benchmark
 QUICK_TIMEOUT = 600.0
@@ -569,9 +570,27 @@ def save(plt, figure, path: str) -> None:  # type: ignore[no-untyped-def]
     plt.close(figure)
 
 
+def chart_shapes(plt, records: list[dict], path: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The ratios of bench_shapes as its own heat map (cells by mode)."""
+    data = [item for item in records if "cell" in item]
+    if not data:
+        return None
+    sys.path.insert(0, HERE)
+    from bench_shapes import heat_map
+
+    cells = list(dict.fromkeys(item["cell"] for item in data))
+    modes = list(dict.fromkeys(item["mode"] for item in data))
+    by_key = {(item["cell"], item["mode"]): item for item in data}
+    ratios = [[by_key.get((cell, mode), {}).get(key) for mode in modes
+               for key in ("peers_over_cowmp", "best_over_cowmp")] for cell in cells]
+    columns = [f"{mode}\n{name}" for mode in modes for name in ("peers/cowmp", "best/cowmp")]
+    heat_map(cells, columns, ratios, path, "ratio of medians (>1: cowmp default faster)")
+    return "cowmp's default map against the faster of Pool and ProcessPoolExecutor, by shape"
+
+
 CHARTS = {"scaling": chart_scaling, "gc": chart_gc, "share": chart_share,
           "startup": chart_startup, "executor": chart_executor, "exit": chart_exit,
-          "parent_policy": chart_parent_policy}
+          "parent_policy": chart_parent_policy, "shapes": chart_shapes}
 
 
 def draw(plt, outcome: Outcome, results_dir: str) -> bool:  # type: ignore[no-untyped-def]
