@@ -1130,8 +1130,10 @@ class _Pool:
                 self.waiter.forget(w.conn.conn)
                 handles.close(w.conn.conn)
                 w.conn = None
+        # a broken pool's running tasks have failed already: their workers need not finish
+        how = self.terminating or (TERMINATE if self.broken else LEAVE)
         try:
-            self.launcher.stop(self.terminating or LEAVE)
+            self.launcher.stop(how)
         finally:
             self.workers.clear()
             self.close_handles()

@@ -1426,7 +1426,7 @@ def test_a_process_forked_by_a_task_does_not_keep_its_dead_worker_alive(make_exe
 
 @pytest.mark.timeout(60)
 def test_a_failure_of_the_manager_thread_breaks_the_pool_with_its_cause_and_logs_it(
-        monkeypatch, caplog):
+        monkeypatch, caplog, tmp_path):
     """A bug in the manager thread must still end every future: BrokenProcessPool with
     the original error as __cause__, and the traceback logged."""
     from cowmp import executor as executor_module
@@ -1441,12 +1441,16 @@ def test_a_failure_of_the_manager_thread_breaks_the_pool_with_its_cause_and_logs
 
     monkeypatch.setattr(executor_module._Pool, "check_memory", broken)
     ex = CowProcessPoolExecutor(2)
-    _ready_workers(ex)
+    pids = _ready_workers(ex)
+    marks = tmp_path / "started.txt"
     with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
-        futures = [ex.submit(_sleep_return, 0.5, i) for i in range(4)]
+        futures = [ex.submit(_mark_and_sleep, str(marks), 30, i) for i in range(4)]
+        assert wait_for(lambda: len(_lines(marks)) >= 2, timeout=30), "no task started"
         armed.set()
+        futures.append(ex.submit(_square, 2))  # wakes the manager: its round fails
         errors = [_error_of(f, 20) for f in futures]
     assert all(isinstance(e, BrokenProcessPool) for e in errors), errors
+    assert _all_gone(pids, timeout=5), _alive(pids)  # their tasks had failed already
     assert isinstance(errors[0].__cause__, ZeroDivisionError), errors[0].__cause__
     assert "a bug in the manager" in caplog.text
     assert "Traceback" in caplog.text or caplog.records[0].exc_info
