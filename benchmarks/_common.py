@@ -103,3 +103,62 @@ def check_cowmp(path: list[str], hint: str = "") -> str:
         sys.exit(f"FAILED: cowmp.CowProcessPoolExecutor does not exist (cowmp imported from "
                  f"{where}){hint}")
     return where
+
+
+# --- the pools compared by bench_executor and bench_shapes ------------------------------
+
+#: modules each library needs, imported by a measurement before its clock starts
+POOL_IMPORTS = {
+    "cowmp": ["cowmp"],
+    "futures": ["multiprocessing", "concurrent.futures"],
+    "pool": ["multiprocessing", "multiprocessing.pool"],
+    "loky": ["loky"],
+    "mpire": ["mpire"],
+}
+
+
+def start_pool(library: str, workers: int):
+    """Create the pool; return ``(run(fn, data, chunksize) -> results, shutdown())``."""
+    if library in ("cowmp", "futures", "loky"):
+        if library == "cowmp":
+            import cowmp
+
+            ex = cowmp.CowProcessPoolExecutor(max_workers=workers)
+        elif library == "futures":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ex = ProcessPoolExecutor(max_workers=workers,
+                                     mp_context=multiprocessing.get_context("fork"))
+        else:
+            import loky
+
+            ex = loky.get_reusable_executor(max_workers=workers)
+
+        def run(fn, data, chunksize):
+            return ex.map(fn, data, chunksize=chunksize) if chunksize else ex.map(fn, data)
+
+        return run, lambda: ex.shutdown(wait=True)
+    if library == "pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(workers)
+
+        def run(fn, data, chunksize):
+            return pool.map(fn, data, chunksize=chunksize) if chunksize else pool.map(fn, data)
+
+        def shutdown():
+            pool.close()
+            pool.join()
+
+        return run, shutdown
+    if library == "mpire":
+        import mpire
+
+        pool = mpire.WorkerPool(n_jobs=workers)
+
+        def run(fn, data, chunksize):
+            return pool.map(fn, data, chunk_size=chunksize) if chunksize else pool.map(fn, data)
+
+        return run, pool.terminate  # what leaving `with WorkerPool(...)` does
+    raise ValueError(f"unknown library {library!r}")

@@ -54,13 +54,6 @@ MODES = {
     "chunk512": "chunksize=512 for every library",
 }
 CHUNKSIZE = 512
-IMPORTS = {  # imported before the clock starts: "create" times the constructor only
-    "cowmp": ["cowmp"],
-    "futures": ["multiprocessing", "concurrent.futures"],
-    "pool": ["multiprocessing", "multiprocessing.pool"],
-    "loky": ["loky"],
-    "mpire": ["mpire"],
-}
 TIMEOUT = 3600  # seconds, per measurement
 
 
@@ -73,62 +66,16 @@ def warm(x):
     return x
 
 
-def start(library: str, workers: int):
-    """Create the pool; return ``(run(fn, data, chunksize) -> results, shutdown())``."""
-    if library in ("cowmp", "futures", "loky"):
-        if library == "cowmp":
-            import cowmp
-
-            ex = cowmp.CowProcessPoolExecutor(max_workers=workers)
-        elif library == "futures":
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ex = ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=multiprocessing.get_context("fork"))
-        else:
-            import loky
-
-            ex = loky.get_reusable_executor(max_workers=workers)
-
-        def run(fn, data, chunksize):
-            return ex.map(fn, data, chunksize=chunksize) if chunksize else ex.map(fn, data)
-
-        return run, lambda: ex.shutdown(wait=True)
-    if library == "pool":
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(workers)
-
-        def run(fn, data, chunksize):
-            return pool.map(fn, data, chunksize=chunksize) if chunksize else pool.map(fn, data)
-
-        def shutdown():
-            pool.close()
-            pool.join()
-
-        return run, shutdown
-    if library == "mpire":
-        import mpire
-
-        pool = mpire.WorkerPool(n_jobs=workers)
-
-        def run(fn, data, chunksize):
-            return pool.map(fn, data, chunk_size=chunksize) if chunksize else pool.map(fn, data)
-
-        return run, pool.terminate  # what leaving `with WorkerPool(...)` does
-    raise ValueError(f"unknown library {library!r}")
-
-
 def child(library: str, mode: str, tasks: int, workers: int) -> None:
     """One measurement, in a fresh interpreter: print its timings as JSON."""
+    from _common import POOL_IMPORTS, start_pool
     chunksize = CHUNKSIZE if mode == "chunk512" else None
     data = list(range(tasks))
     expected = [work(x) for x in data]
-    for module in IMPORTS[library]:
+    for module in POOL_IMPORTS[library]:
         importlib.import_module(module)
     t0 = time.perf_counter()
-    run, shutdown = start(library, workers)
+    run, shutdown = start_pool(library, workers)
     t1 = time.perf_counter()
     warmed = list(run(warm, list(range(workers)), 1))
     t2 = time.perf_counter()

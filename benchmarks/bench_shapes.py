@@ -61,13 +61,6 @@ LIBRARIES = {
 MODES = {"e2e": "end to end (create + map + shutdown)", "warm": "warm (map after a warm-up map)"}
 CHUNKSIZES = (1, 4, 16, 64, 256, 1024)
 MAX_CHUNKS = 5000  # chunksizes giving more chunks than this are not tried for "best"
-IMPORTS = {  # imported before the clock starts
-    "cowmp": ["cowmp"],
-    "futures": ["multiprocessing", "concurrent.futures"],
-    "pool": ["multiprocessing", "multiprocessing.pool"],
-    "loky": ["loky"],
-    "mpire": ["mpire"],
-}
 TIMEOUT = 600  # seconds, per measurement
 
 
@@ -135,62 +128,16 @@ def chunksizes(tasks: int) -> list[int]:
 
 # --- one measurement, in a fresh interpreter ---------------------------------------------
 
-def start(library: str, workers: int):
-    """Create the pool; return ``(run(fn, data, chunksize) -> results, shutdown())``."""
-    if library in ("cowmp", "futures", "loky"):
-        if library == "cowmp":
-            import cowmp
-
-            ex = cowmp.CowProcessPoolExecutor(max_workers=workers)
-        elif library == "futures":
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            ex = ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=multiprocessing.get_context("fork"))
-        else:
-            import loky
-
-            ex = loky.get_reusable_executor(max_workers=workers)
-
-        def run(fn, data, chunksize):
-            return ex.map(fn, data, chunksize=chunksize) if chunksize else ex.map(fn, data)
-
-        return run, lambda: ex.shutdown(wait=True)
-    if library == "pool":
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(workers)
-
-        def run(fn, data, chunksize):
-            return pool.map(fn, data, chunksize=chunksize) if chunksize else pool.map(fn, data)
-
-        def shutdown():
-            pool.close()
-            pool.join()
-
-        return run, shutdown
-    if library == "mpire":
-        import mpire
-
-        pool = mpire.WorkerPool(n_jobs=workers)
-
-        def run(fn, data, chunksize):
-            return pool.map(fn, data, chunk_size=chunksize) if chunksize else pool.map(fn, data)
-
-        return run, pool.terminate  # what leaving `with WorkerPool(...)` does
-    raise ValueError(f"unknown library {library!r}")
-
-
 def child(cell: str, library: str, chunksize: int | None) -> None:
     """One measurement: print ``{"e2e": s, "warm": s}`` as JSON."""
+    from _common import POOL_IMPORTS, start_pool
     _, fn, tasks, workers, kind = ALL_CELLS[cell]
     expected = [x * 2 for x in range(tasks)]
-    for module in IMPORTS[library]:
+    for module in POOL_IMPORTS[library]:
         importlib.import_module(module)
     first_input, second_input = make_input(kind, tasks), make_input(kind, tasks)
     t0 = time.perf_counter()
-    run, shutdown = start(library, workers)
+    run, shutdown = start_pool(library, workers)
     first = list(run(fn, first_input, chunksize))
     t1 = time.perf_counter()
     second = list(run(fn, second_input, chunksize))
