@@ -601,7 +601,7 @@ class _Pool:
     def wake(self) -> None:
         try:
             self.wake_w.send(b"x")
-        except (BlockingIOError, OSError, AttributeError):
+        except (BlockingIOError, OSError):
             pass  # already awake, or closed
 
     def shutdown(self, wait: bool, cancel_futures: bool, terminate: int | None = None) -> None:
