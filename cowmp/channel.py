@@ -113,6 +113,17 @@ class Channel:
             self._read()
         return self.ready.pop(0)
 
+    def drain(self) -> list[bytes]:
+        """Every whole message that has arrived, without waiting for more."""
+        if not self.raw:
+            while self.conn.poll(0):
+                self.ready.append(self.conn.recv_bytes())
+        else:
+            while select.select([self.fd], [], [], 0)[0] and self._read():
+                pass
+        messages, self.ready = self.ready, []
+        return messages
+
     def _read(self) -> bool:
         """Read what is there (False: nothing yet, ``nonblocking``)."""
         try:

@@ -58,9 +58,14 @@ PREFETCH_SECONDS = 1.5 * CHUNK_SECONDS
 #: map tasks measured shorter than this run without recording each start (it would cost
 #: about as much as the task); a worker crash then reruns that chunk, recorded
 UNTRACKED_TASK_SECONDS = 20e-6
-#: tasks measured per worker in map's first chunks, which measure the time a task takes
-#: (each of those chunks has one task more: its first is not timed, see worker.py)
+#: tasks of a function measured before map trusts the time they take (for prefetching
+#: and untracked tasks); until then its chunks grow from one task per worker with the
+#: tasks completed, in pieces the first measurements expect to be short
 PROBE_TASKS = 8
+#: an idle worker takes back a busy one's unstarted tasks if they are two or more and, when
+#: their time is known, expected to take at least this long (else the round trip costs
+#: more than it saves)
+STEAL_MIN_SECONDS = 0.0005
 #: tasks read ahead of the results by map, at least (a few chunks per worker otherwise),
 #: and at most, beyond those chunks
 READ_AHEAD_TASKS = 4096
@@ -77,6 +82,8 @@ STATUS_WAIT = 5.0
 #: worker deaths a task may be in flight at (its run unfinished, or finished with its
 #: outcome lost) before it fails with WorkerDiedError instead of running once more
 MAX_STRIKES = 2
+#: seconds ``worker_pids`` waits at most for workers being started to be known
+PID_WAIT = 5.0
 #: with ``max_private_memory_per_child``, seconds between two readings of a working
 #: worker's private memory (a reading costs the kernel about 12 ms per GiB it maps)
 MEMORY_CHECK_INTERVAL = 1.0
@@ -207,8 +214,10 @@ class _Job:
         the busy seconds of so many of them."""
         seconds, tasks = measured
         self.plain = self.plain and plain
-        if self.run is not None and seconds > 0 and tasks:
-            self.run.measure(seconds, tasks)
+        if self.run is not None:
+            self.run.completed += len(indices)
+            if seconds > 0 and tasks:
+                self.run.measure(seconds, tasks)
         if self.values is None and len(values) == self.size:
             self.values = values  # the whole job in one piece: no copy
         else:
@@ -281,6 +290,12 @@ class _Piece:
         # worker deaths its tasks were in flight at, not provably finished (see recover)
         self.strikes = strikes
 
+    def again(self, indices: Any = None) -> _Piece:
+        """A new piece (new id: the worker's slot may still name this one) for the same
+        tasks, or those at ``indices``, to be sent again."""
+        return _Piece(self.job, self.indices if indices is None else indices, self.track,
+                      self.strikes)
+
     def set_payload(self, tasks: bytes, kwargs: bytes = b"") -> None:
         job = self.job
         self.tracked = self.track or job.tracking()
@@ -297,7 +312,7 @@ class _Piece:
 class _Worker:
     __slots__ = ("assigned", "conn", "exitcode", "eof_at", "inflight", "inflight_bytes",
                  "inflight_seconds", "kill_reason", "pid", "ready", "recycling", "retiring",
-                 "slot", "worked")
+                 "slot", "worked", "yielding")
 
     def __init__(self, slot: int, conn: Any) -> None:
         self.slot = slot
@@ -314,6 +329,7 @@ class _Worker:
         self.kill_reason: tuple | None = None  # (piece id, index, timeout) of a timeout
         self.worked = False  # given work since its memory was last read
         self.recycling = False  # over the private memory limit: leaves when idle
+        self.yielding: int | None = None  # the piece asked back (worker.YIELD), if any
 
     def add(self, piece: _Piece) -> None:
         piece.estimate = piece.job.estimate(len(piece.indices))
@@ -439,10 +455,12 @@ class _Pool:
         self.shutdown_requested = False
         self.terminating: int | None = None  # the signal that ends the workers now
         self.broken: str | None = None
-        self.thread: threading.Thread | None = None
+        self.thread: Any = None  # the manager thread, _ENDED once it has ended
         self.workers: dict[int, _Worker] = {}
         self.startup_failures = 0
         self.waiting = False  # the manager is (about to be) blocked waiting
+        self.requeue_at = 0  # where the next piece given back is queued
+        self.pids_changed = threading.Condition()  # a worker's pid became known
         # maps that may still read input (shutdown reads the rest of it)
         self.maps: weakref.WeakSet[_MapRun] = weakref.WeakSet()
         # measured (seconds, tasks), decayed, by pickled function, for map's chunk sizes
@@ -471,6 +489,7 @@ class _Pool:
             _live_pools.add(self)
             for slot in range(max_workers):
                 self.spawn(slot)
+            self.start_thread()
         except BaseException:
             if self.launcher is not None:
                 self.launcher.stop(KILL_NOW)
@@ -580,12 +599,30 @@ class _Pool:
             elif self.broken:
                 raise BrokenProcessPool(self.broken)
             self.queue.extend(pieces)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self.run, name="cowmp-executor",
-                                               daemon=True)
-                self.thread.start()
         if self.waiting:  # else the manager sees the queue before it waits again
             self.wake()
+
+    def start_thread(self) -> None:
+        """Start the manager thread (with the workers: it hears of their start)."""
+        self.thread = threading.Thread(target=self.run, name="cowmp-executor", daemon=True)
+        self.thread.start()
+
+    def worker_pids(self) -> list[int]:
+        """The workers' process ids; those still being started are waited for (at most
+        PID_WAIT seconds, and not in the manager thread, which hears of them)."""
+        deadline = time.monotonic() + PID_WAIT
+        with self.pids_changed:
+            while True:
+                workers = list(self.workers.values())
+                if all(w.pid is not None for w in workers) or self.broken or (
+                        threading.current_thread() is self.thread
+                        or not isinstance(self.thread, threading.Thread)):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.thread.is_alive():
+                    break
+                self.pids_changed.wait(min(left, 0.1))
+        return [w.pid for w in workers if w.pid is not None]
 
     def enqueue_here(self, pieces: list[_Piece]) -> None:
         """``enqueue`` from the manager thread itself (no wake-up, no usability check:
@@ -631,11 +668,6 @@ class _Pool:
                         running.append(piece)
                 self.queue.extend(running)
             thread = self.thread
-            if thread is None:
-                self.thread = threading.current_thread()  # nobody else starts one
-        if thread is None:
-            self.stop_workers()
-            return
         self.wake()
         if wait and thread is not threading.current_thread():
             thread.join()
@@ -668,6 +700,8 @@ class _Pool:
 
     def loop(self) -> None:
         while True:
+            while self.launcher.has_event():
+                self.handle_event(self.launcher.read_event())
             if self.terminating:
                 self.terminate_workers()
             self.dispatch()
@@ -735,23 +769,80 @@ class _Pool:
         """Send queued pieces: first one to each idle worker, then more to busy ones
         (prefetch, only when every worker is up: one still starting would otherwise find
         the work taken).  Each worker's pieces go in one write, sent before the next
-        worker's are pickled: an idle worker starts at once."""
-        if self.broken or not self.queue:
+        worker's are pickled: an idle worker starts at once.  A worker left idle with
+        nothing queued takes work back from a busy one (:meth:`take_back`)."""
+        if self.broken:
             return
         workers = list(self.workers.values())
-        for w in workers:
-            if not w.inflight and self.can_take(w):
-                payload = self.give(w, prefetch=False)
-                if payload is not None:
-                    self.send(w, [payload])
-        if self.queue and all(self.usable(w) for w in workers):
+        if self.queue:
             for w in workers:
-                if w.inflight and self.can_take(w) and self.prefetch_low(w):
-                    batch: list[Message] = []
-                    while payload := self.give(w, prefetch=True):
-                        batch.append(payload)
-                    if batch:
-                        self.send(w, batch)
+                if not w.inflight and self.can_take(w):
+                    payload = self.give(w, prefetch=False)
+                    if payload is not None:
+                        self.send(w, [payload])
+            if self.queue and all(self.usable(w) for w in workers):
+                for w in workers:
+                    if (w.inflight and self.can_take(w) and self.prefetch_low(w)
+                            and self.on_time(w)):
+                        batch: list[Message] = []
+                        while payload := self.give(w, prefetch=True):
+                            batch.append(payload)
+                        if batch:
+                            self.send(w, batch)
+        if not self.queue:
+            self.take_back(workers)
+
+    def take_back(self, workers: list[_Worker]) -> None:
+        """For each idle worker, ask the busy worker holding the most unstarted tasks to
+        give them back (:data:`worker.YIELD`): it stops before its next task and returns
+        the rest, which :meth:`piece_done` queues again, split for the idle workers."""
+        idle = sum(1 for w in workers if not w.inflight and self.can_take(w))
+        if not idle:
+            return
+        candidates = []
+        for w in workers:
+            if w.inflight and w.yielding is None and w.conn is not None and not w.kill_reason:
+                tasks, target = self.unstarted(w)
+                if target is not None:
+                    candidates.append((tasks, w.slot, w, target))
+        candidates.sort(reverse=True)
+        for _, _, w, target in candidates[:idle]:
+            w.yielding = target
+            self.progress[w.slot * worker.SLOT_FIELDS + worker.YIELD] = target
+
+    def unstarted(self, w: _Worker) -> tuple[int, int | None]:
+        """The tasks ``w`` holds but has not begun, if they are worth taking back (two
+        or more, and expected to take long enough), and the piece from which to ask
+        for them: ``(0, None)`` if none."""
+        running = w.inflight[0]
+        later = sum(len(piece.indices) for piece in itertools.islice(w.inflight, 1, None))
+        slot = self.read_slot(w.slot)
+        if slot is None:
+            return 0, None  # being written: next time
+        piece_id, index, _ = slot
+        tasks, target = later, None
+        if piece_id != running.id:  # not begun
+            tasks, target = tasks + len(running.indices), running.id
+        elif running.tracked and 0 <= index < len(running.indices) - 1:
+            tasks, target = tasks + len(running.indices) - index - 1, running.id
+        elif later:
+            target = w.inflight[1].id
+        per_task = running.job.per_task
+        if tasks < 2 or (per_task is not None and tasks * per_task < STEAL_MIN_SECONDS):
+            return 0, None
+        return tasks, target
+
+    def on_time(self, w: _Worker) -> bool:
+        """May pieces wait behind ``w``'s running one?  Not behind a piece of unknown
+        length, nor one running past twice its expected time (a task far longer than
+        its map's others): a waiting piece can only be taken back between two tasks."""
+        running = w.inflight[0]
+        if not running.estimate:
+            return False
+        slot = self.read_slot(w.slot)
+        if slot is None or slot[0] != running.id:
+            return True  # not begun
+        return time.monotonic() - slot[2] <= 2 * running.estimate + 0.001
 
     def send(self, w: _Worker, payloads: list[Message]) -> None:
         try:
@@ -812,7 +903,8 @@ class _Pool:
         return w.ready or self.eager
 
     def can_take(self, w: _Worker) -> bool:
-        if not self.usable(w) or w.conn is None or w.retiring or w.kill_reason:
+        if (not self.usable(w) or w.conn is None or w.retiring or w.kill_reason
+                or w.yielding is not None):
             return False
         return self.max_tasks is None or w.assigned < self.max_tasks
 
@@ -827,6 +919,7 @@ class _Pool:
             if w.exitcode is not None:
                 self.worker_ended(w)
             return
+        self.requeue_at = 0  # tasks given back go first, in the order they come
         for data in messages:
             self.handle_message(w, data)
 
@@ -852,6 +945,14 @@ class _Pool:
         piece = w.done()
         if piece.id != piece_id:
             raise RuntimeError(f"worker {w.pid} answered piece {piece_id}, not {piece.id}")
+        asked = w.yielding == piece.id
+        if asked:
+            w.yielding = None
+            self.progress[w.slot * worker.SLOT_FIELDS + worker.YIELD] = 0
+        if count < len(piece.indices):
+            self.give_back(piece, piece.indices[count:], split=asked)
+            if not count:
+                return
         job = piece.job
         view = memoryview(data)
         start = worker.DONE.size
@@ -876,13 +977,22 @@ class _Pool:
                     f"this process: {serialize.describe(error)}")
                 problem.__cause__ = error
                 errors[position] = problem
-        job.settle_piece(piece.indices, values, errors, (seconds, timed),
+        job.settle_piece(piece.indices[:count], values, errors, (seconds, timed),
                          plain=view[start:start + 1] != serialize.SPLIT)
         if job.run is not None:
             job.run.refill()
         w.retiring = w.retiring or bool(retiring)
         if w.recycling and not w.inflight:
             self.release(w)
+
+    def give_back(self, piece: _Piece, rest: Any, split: bool) -> None:
+        """A worker gave back the tasks at ``rest`` of ``piece`` unstarted: queue them
+        first (``split``: the piece it was asked for, in a part per worker, at most)."""
+        parts = min(len(rest), self.max_workers) if split else 1
+        step = -(-len(rest) // parts)
+        for start in range(0, len(rest), step):
+            self.queue.insert(self.requeue_at, piece.again(rest[start:start + step]))
+            self.requeue_at += 1
 
     @staticmethod
     def describe(job: _Job, index: int) -> str:
@@ -908,6 +1018,8 @@ class _Pool:
             w = self.workers.get(slot)
             if w is not None and w.pid is None:
                 w.pid = pid
+                with self.pids_changed:
+                    self.pids_changed.notify_all()
         elif event[0] == "exited":
             _, pid, exitcode = event
             for w in list(self.workers.values()):
@@ -976,12 +1088,17 @@ class _Pool:
                 indices = list(piece.indices)
                 if index == worker.READING:
                     requeue.extend(self.strike(w, piece, indices, phase="reading"))
+                elif (ran := worker.sent_count(index)) is not None:
+                    # the tasks that ran, outcomes lost; those it gave back never began
+                    if ran:
+                        requeue.extend(self.strike(w, piece, indices[:ran],
+                                                   phase="sending the results of",
+                                                   alone=piece.tracked))
+                    if indices[ran:]:
+                        requeue.append(piece.again(indices[ran:]))
                 elif index == worker.UNTRACKED or not piece.tracked:
                     requeue.extend(self.strike(w, piece, indices, phase="running",
                                                alone=False))
-                elif index >= len(indices):
-                    requeue.extend(self.strike(w, piece, indices,
-                                               phase="sending the results of"))
                 else:
                     piece.job.fail(indices[index], self.death_error(w, piece, index))
                     if indices[:index]:
@@ -1046,8 +1163,8 @@ class _Pool:
         if slot is None:
             return time.monotonic() + 0.01
         piece_id, index, started = slot
-        if piece_id != piece.id or index >= len(piece.indices):
-            return time.monotonic() + min(0.05, piece.job.timeout)  # not started yet
+        if piece_id != piece.id or index < 0:  # not running a task: look again soon
+            return time.monotonic() + min(0.05, piece.job.timeout)
         return started + piece.job.timeout
 
     def check_deadlines(self) -> None:
@@ -1276,8 +1393,10 @@ class CowProcessPoolExecutor(Executor):
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the live workers."""
-        return [w.pid for w in list(self._pool.workers.values()) if w.pid is not None]
+        """Process ids of the live workers, started when the executor was created (or
+        since, to replace others): one per worker once they are forked, which this
+        waits for (a few milliseconds after creation, at most a few seconds)."""
+        return self._pool.worker_pids()
 
     @property
     def fork_server_pid(self) -> int | None:
@@ -1346,6 +1465,7 @@ class _Chunk:
         with run.chunk_lock:
             self.value = value
             self.state = _FINISHED
+            run.chunks_finished += 1
             if run.waiting is self:
                 run.arrived.notify()
         if self.callback is not None:
@@ -1446,6 +1566,10 @@ class _MapRun:
             self.measured = (0.0, 0.0)
         self.per_task: float | None = None
         self.update_per_task()
+        self.completed = 0  # tasks whose outcome came back (the evidence chunks grow by)
+        # chunks read (under ``lock``), and chunks whose outcomes are all in (written by
+        # the manager thread alone)
+        self.chunks_read = self.chunks_finished = 0
         self.current: Iterator = iter(())  # the results being handed over
         self.lock = threading.Lock()  # the manager thread reads sequences ahead too
         self.closed = False
@@ -1469,6 +1593,12 @@ class _MapRun:
         self.update_per_task()
         self.pool.remember_task_seconds(self.fn_payload, self.measured)
 
+    def guess(self) -> float | None:
+        """Seconds per task from what was measured, however little (an overstatement:
+        first calls cost more)."""
+        seconds, tasks = self.measured
+        return seconds / tasks if tasks else None
+
     def next_size(self) -> int:
         if self.chunksize is not None:
             return self.chunksize
@@ -1483,9 +1613,13 @@ class _MapRun:
                            int(MIN_CHUNK_SECONDS / per_task))
             if self.sequences is None:  # read into memory ahead of its turn: bounded
                 size = min(size, MAX_CHUNK_TASKS)
-        else:  # probing: a few tasks per worker, to measure them; no worker takes more
+        else:  # probing: one task per worker first, then as many as have completed, in
+            # chunks that the first measurements expect to be short; no worker takes more
             # than its share of a short input (the others would wait while it runs them)
-            size = PROBE_TASKS + 1
+            size = max(1, self.completed)
+            guess = self.guess()
+            if guess:
+                size = min(size, max(1, int(CHUNK_SECONDS / guess)))
             if self.remaining is not None:
                 size = min(size, -(-self.remaining // workers))
         if self.pool.max_tasks is not None:
@@ -1525,8 +1659,10 @@ class _MapRun:
         workers = self.pool.max_workers
         if self.buffered >= self.window():
             return False
-        if probing:
-            return len(self.chunks) < workers
+        if probing:  # a chunk per worker (two for input read by the consumer, which may
+            # be waiting for another chunk when one completes)
+            return (self.chunks_read - self.chunks_finished
+                    < workers * (1 if self.sequences is not None else 2))
         if len(self.chunks) < 2 * workers + 2 or self.buffered < READ_AHEAD_TASKS:
             return True
         if (len(self.chunks) >= workers * (PREFETCH_PIECES + 2)
@@ -1551,6 +1687,7 @@ class _MapRun:
             if self.read_budget is not None:
                 self.read_budget -= count
             future = _Chunk(self)
+            self.chunks_read += 1
             job = _Job(future, self.fn, args, None, single=False, timeout=self.timeout,
                        star=self.star, fn_payload=self.fn_payload, run=self, size=count,
                        source=source)

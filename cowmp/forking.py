@@ -192,13 +192,14 @@ def fork() -> int:
     return pid
 
 
-def protocol_fork(*, bare: bool, stacklevel: int) -> int:
-    """Fork with the protocol.  ``bare``: the child is not a multiprocessing Process."""
+def protocol_fork(*, bare: bool, stacklevel: int, collect: bool = True) -> int:
+    """Fork with the protocol.  ``bare``: the child is not a multiprocessing Process.
+    ``collect=False``: the heap is frozen, never collected (see heap.freeze_for_fork)."""
     if not hasattr(os, "fork"):
         raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
     with quiesced() as held:
         warned = warn_if_threads(stacklevel=stacklevel + 1, held=held)
-        heap.freeze_for_fork()
+        heap.freeze_for_fork(collect)
         _local.in_protocol = True
         try:
             with warnings.catch_warnings():

@@ -51,8 +51,6 @@ GC_POLICIES = ("auto", "frozen", "unfreeze")
 #: whole-heap collection) that makes the "auto" policy thaw and collect when no child is
 #: alive.  Blocks, not ``gc.get_freeze_count()``: that one walks every frozen object.
 THAW_GROWTH = 0.25
-#: Below this many allocated blocks a whole-heap collection is cheap: always allowed.
-THAW_MIN_BLOCKS = 100_000
 
 
 def _policy_from_environment() -> str:
@@ -167,10 +165,9 @@ def freeze_all() -> None:
 
 
 def _whole_heap_collection_due() -> bool:
-    blocks = sys.getallocatedblocks()
-    return blocks <= THAW_MIN_BLOCKS or blocks >= _state.blocks_after_full * (
-        1 + THAW_GROWTH
-    )
+    # even a small heap is not collected whole at every fork: that costs milliseconds
+    # (an executor made and shut down in a loop), and a quarter of growth bounds it
+    return sys.getallocatedblocks() >= _state.blocks_after_full * (1 + THAW_GROWTH)
 
 
 def _freeze_unshared_heap(collecting: bool) -> None:
@@ -193,18 +190,20 @@ def _freeze_unshared_heap(collecting: bool) -> None:
         _state.blocks_after_full = sys.getallocatedblocks()
 
 
-def freeze_for_fork() -> None:
+def freeze_for_fork(collect: bool = True) -> None:
     """Run the parent's side of the protocol right before ``os.fork()``.
 
     Leaves the GC disabled until :func:`after_fork_in_parent`, so that no collection runs
-    in the child before it has frozen what it inherits.
+    in the child before it has frozen what it inherits.  ``collect=False``: freeze only,
+    whatever the policy (a fork server: its heap is the snapshot its parent shares with
+    it, which a collection would copy, and it makes next to no garbage of its own).
     """
     with _state.lock:
         if _state.forks_in_flight == 0:
             _state.reenable = gc.isenabled()
         _state.forks_in_flight += 1
         gc.disable()
-        if _state.policy == "frozen":
+        if _state.policy == "frozen" or not collect:
             gc.freeze()
             _state.froze = True
         elif _state.policy == "auto" and not children_alive():

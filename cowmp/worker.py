@@ -18,10 +18,20 @@ Messages on the worker's connection:
   per write when they are short (:mod:`cowmp.channel`).
 
 Before each item the worker writes ``(piece_id, index, start time)`` into its slot of a
-shared progress array, and ``index = number of tasks`` once they have all run: if it dies,
-the parent knows which task it was running (that task alone fails), whether it died
-sending the outcomes, and since when a task runs (per-task timeouts), without a message
-per task.
+shared progress array, and ``index = sending(count)`` once it stops running the piece's
+tasks (``count`` of them ran): if it dies, the parent knows which task it was running
+(that task alone fails), whether it died sending the outcomes, and since when a task runs
+(per-task timeouts), without a message per task.
+
+The slot's fourth field is the parent's: a piece id it wants back (:data:`YIELD` field,
+written when another worker is idle).  The worker looks at it before it starts a piece
+and, for tasks recorded one by one, before each task.  When it names the piece at hand,
+the worker stops there: its DONE message carries the outcomes of the tasks that ran
+(perhaps none), and every piece that has already arrived behind it comes back with a DONE
+of no task.  The parent sends nothing more to a worker it asked to yield until that piece's
+DONE arrives, so what has arrived is everything it sent; it then runs the unstarted tasks
+elsewhere.  Nothing runs twice: the parent acts on what the worker reports, not on what it
+read in the slot.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from . import exiting, handles, serialize
 from .channel import Channel
 
 __all__ = ["DONE", "HEADER", "INIT_FAILED", "READING", "READY", "SLOT_FIELDS", "STAR",
-           "TIMED", "TRACKED", "UNTRACKED", "run_worker"]
+           "TIMED", "TRACKED", "UNTRACKED", "YIELD", "run_worker", "sending", "sent_count"]
 
 #: piece id, number of tasks, flags, sizes of the pickled function and keyword arguments
 HEADER = struct.Struct("!qIBII")
@@ -57,13 +67,30 @@ STAR, TIMED, TRACKED = 1, 2, 4
 #: the index recorded for a piece whose tasks are not recorded one by one, and for a
 #: piece that is being read (unpickled)
 UNTRACKED, READING = -1, -2
+#: indices from this one down: the piece's tasks have stopped running, its outcomes are
+#: being sent (:func:`sending`)
+_SENDING = -3
+
+
+def sending(count: int) -> int:
+    """The index recorded once ``count`` tasks of a piece ran and their outcomes are
+    being sent."""
+    return _SENDING - count
+
+
+def sent_count(index: int) -> int | None:
+    """For an index recorded by :func:`sending`, the tasks that ran; else None."""
+    return _SENDING - index if index <= _SENDING else None
+
 
 #: outcomes held back while more pieces wait to run: at most this many, this long
 HOLD_PIECES = 16
 HOLD_SECONDS = 0.0005
 
-#: progress array fields per slot: piece id, index in the piece, start time (monotonic)
-SLOT_FIELDS = 3
+#: progress array fields per slot: piece id, index in the piece, start time (monotonic),
+#: and the id of a piece the parent wants back (at offset YIELD)
+SLOT_FIELDS = 4
+YIELD = 3
 
 
 _prctl: Any = None
@@ -204,10 +231,11 @@ def _unpickling_error(what: str, error: BaseException) -> serialize.TaskUnpickli
     return problem
 
 
-def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int,
-                clock: _BusyClock) -> tuple[list, dict, tuple | None]:
+def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int, clock: _BusyClock,
+                yield_at: int, piece_id: int) -> tuple[list, dict, tuple | None]:
     """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable.  Also
-    returns the clock's mark at the end of the first task (None if there is one task)."""
+    returns the clock's mark at the end of the first task (None if there is one task).
+    Stops before a task if the parent wants the rest of the piece back (fewer values)."""
     values: list = []
     errors: dict = {}
     append = values.append
@@ -216,8 +244,11 @@ def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int,
     while True:
         try:
             for index in range(start, len(arg_list)):
-                if index == 1:
-                    after_first = clock.now()
+                if index:
+                    if slots[yield_at] == piece_id:
+                        return values, errors, after_first
+                    if index == 1:
+                        after_first = clock.now()
                 slots[index_at] = index
                 append(fn(arg_list[index]))
             return values, errors, after_first
@@ -244,17 +275,21 @@ def _run_untracked(fn: Any, arg_list: list, star: int) -> tuple[list, dict]:
 
 
 def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
-                 slots: Any, index_at: int, start_at: int,
-                 clock: _BusyClock) -> tuple[list, dict, tuple | None]:
+                 slots: Any, id_at: int, clock: _BusyClock,
+                 piece_id: int) -> tuple[list, dict, tuple | None]:
     """Any task, with keyword arguments, timed: as :func:`_run_simple`."""
     values: list = []
     errors: dict = {}
     after_first = None
     timed = flags & TIMED
     star = flags & STAR
+    index_at, start_at, yield_at = id_at + 1, id_at + 2, id_at + YIELD
     for index, args in enumerate(arg_list):
-        if index == 1:
-            after_first = clock.now()
+        if index:
+            if slots[yield_at] == piece_id:
+                break
+            if index == 1:
+                after_first = clock.now()
         if timed:
             slots[start_at] = time.monotonic()
         slots[index_at] = index
@@ -401,7 +436,7 @@ class _Reader:
 def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
            snapshot: serialize.Snapshot) -> None:
     """Run pieces until the executor closes the connection or ``max_tasks`` are done."""
-    index_at, start_at = id_at + 1, id_at + 2
+    index_at, start_at, yield_at = id_at + 1, id_at + 2, id_at + YIELD
     done = 0
     reader = _Reader()
     clock = _BusyClock()
@@ -416,6 +451,10 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
         slots[start_at] = time.monotonic()
         slots[index_at] = READING
         slots[id_at] = piece_id
+        if slots[yield_at] == piece_id:  # wanted back before it began
+            slots[index_at] = sending(0)
+            _give_back(channel, outbox, piece_id, snapshot)
+            continue
         fn, arg_list, kwarg_dicts, star = reader.read(data, count, fn_size, kw_size,
                                                       bool(flags & STAR))
         if star:
@@ -424,24 +463,41 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
         slots[index_at] = 0 if flags & TRACKED else UNTRACKED
         started = clock.now()  # the run alone: the first unpickling costs more
         # tasks recorded one by one are also timed from the end of the first: a first
-        # call in a new worker costs more, and a probe of a few tasks would overstate them
+        # call in a new worker costs more, and would overstate the piece's tasks
         after_first = None
         if not flags & TRACKED and kwarg_dicts is None:
             values, errors = _run_untracked(fn, arg_list, flags & STAR)
         elif flags & (TIMED | STAR):
             values, errors, after_first = _run_general(
-                fn, arg_list, kwarg_dicts, flags, slots, index_at, start_at, clock)
+                fn, arg_list, kwarg_dicts, flags, slots, id_at, clock, piece_id)
         else:
-            values, errors, after_first = _run_simple(fn, arg_list, slots, index_at, clock)
-        slots[index_at] = len(arg_list)  # all run: now their outcomes are sent
-        done += len(arg_list)
+            values, errors, after_first = _run_simple(fn, arg_list, slots, index_at, clock,
+                                                      yield_at, piece_id)
+        ran = len(values)
+        slots[index_at] = sending(ran)  # now their outcomes are sent
+        done += ran
         retiring = max_tasks is not None and done >= max_tasks
         seconds = clock.since(started)
-        measured = (seconds, len(arg_list)) if after_first is None else (
-            clock.since(after_first), len(arg_list) - 1)
+        measured = (seconds, ran) if after_first is None else (
+            clock.since(after_first), ran - 1)
         outbox.add(_outcomes(piece_id, values, errors, measured, retiring, snapshot),
                    seconds)
+        yielded = ran < len(arg_list)
         del fn, arg_list, kwarg_dicts, values, errors
+        if yielded:
+            _give_back(channel, outbox, None, snapshot)
         if retiring:
             outbox.flush()
             return
+
+
+def _give_back(channel: Channel, outbox: _Outbox, piece_id: int | None,
+               snapshot: serialize.Snapshot) -> None:
+    """The parent wants its work back: piece ``piece_id`` (None: that piece's outcomes
+    are in the outbox already) and every piece that has arrived after it, none of them
+    run (a DONE of no task each), sent at once."""
+    returned = [] if piece_id is None else [piece_id]
+    returned += [HEADER.unpack_from(data)[0] for data in channel.drain()]
+    for number in returned:
+        outbox.messages.append(_outcomes(number, [], {}, (0.0, 0), False, snapshot))
+    outbox.flush()

@@ -122,11 +122,20 @@ class ForkServer:
         except OSError:
             pass
         deadline = time.monotonic() + timeout
+        ending = False  # its events pipe closed: only its exit is left
         while self.poll() is None:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 os.kill(self.pid, signal.SIGKILL)
                 deadline = float("inf")
-            time.sleep(0.005)
+            elif ending:
+                time.sleep(0.0005)
+            else:
+                try:  # events that nobody reads any more, until the end of the pipe
+                    if self.events.poll(min(left, 0.1)):
+                        self.events.recv_bytes()
+                except (EOFError, OSError):
+                    ending = True
         handles.close(self.commands, self.events)
 
     def poll(self) -> int | None:
@@ -221,7 +230,7 @@ class _Server:
 
     def spawn(self, slot: int, number: int, fd: int) -> None:
         server = os.getpid()
-        pid = forking.protocol_fork(bare=True, stacklevel=3)
+        pid = forking.protocol_fork(bare=True, stacklevel=3, collect=False)
         if pid == 0:  # the worker
             try:
                 signal.set_wakeup_fd(-1)

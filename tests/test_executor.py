@@ -475,9 +475,9 @@ def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
     assert run.next_size() == 1
 
 
-def test_one_probe_chunk_measures_the_tasks():
-    """A worker does not time the first task of a probe chunk (a first call costs more):
-    the chunk has a task more, so that its outcome alone gives the measure."""
+def test_probe_chunks_start_at_one_task_and_grow_with_the_tasks_completed():
+    """Before the time per task is known, a chunk has one task, then as many as have
+    completed; the first measurements, however few, keep long tasks one per chunk."""
     from cowmp import executor
 
     class FakePool:
@@ -490,11 +490,25 @@ def test_one_probe_chunk_measures_the_tasks():
     run = executor._MapRun.__new__(executor._MapRun)
     run.pool, run.chunksize, run.per_task, run.fn_payload = FakePool(), None, None, b""
     run.measured, run.remaining, run.sequences = (0.0, 0.0), 1_000_000, ([],)
-    size = run.next_size()
-    assert size <= 16
-    run.measure(size * 1e-6, size - 1)  # what the worker reports: all but the first
-    assert run.per_task == pytest.approx(size * 1e-6 / (size - 1))
-    assert run.next_size() > size
+    run.completed = 0
+    assert run.next_size() == 1
+    run.completed = 2
+    run.measure(2e-6, 2)  # fast, but too few tasks to trust
+    assert run.per_task is None
+    assert run.next_size() == 2
+    run.completed = 6
+    assert run.next_size() == 6
+    run.measure(7e-6, 7)  # enough tasks now (decayed: 1 + 7): the time is known
+    assert run.per_task is not None
+    assert run.next_size() > 6
+    slow = executor._MapRun.__new__(executor._MapRun)
+    slow.pool, slow.chunksize, slow.per_task, slow.fn_payload = FakePool(), None, None, b""
+    slow.measured, slow.remaining, slow.sequences = (0.0, 0.0), 1_000, ([],)
+    slow.completed = 50
+    slow.measure(0.2, 1)  # one task took 0.2 s: chunks stay at one task
+    assert slow.next_size() == 1
+    slow.measured, slow.remaining = (0.0, 0.0), 3  # a short rest: each worker's share
+    assert slow.next_size() == 2
 
 
 def _counting(consumed):
