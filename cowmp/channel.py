@@ -53,7 +53,8 @@ class Channel:
         self.nonblocking = nonblocking and self.raw
         if self.nonblocking:
             os.set_blocking(self.fd, False)
-        self.area = bytearray(_READ) if self.raw else bytearray()  # what a read fills
+        self.area = bytearray()  # what a read fills (made at the first read: a worker's
+        # channel in the parent of a short-lived executor may never need it)
         self.buffer = bytearray()  # the start of a message that has not all arrived
         self.ready: list[bytes] = []  # whole messages read, not yet taken
 
@@ -126,6 +127,8 @@ class Channel:
 
     def _read(self) -> bool:
         """Read what is there (False: nothing yet, ``nonblocking``)."""
+        if not self.area:
+            self.area = bytearray(_READ)
         try:
             count = os.readv(self.fd, [self.area])
         except BlockingIOError:

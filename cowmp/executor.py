@@ -480,7 +480,7 @@ class _Pool:
                 self.progress = sharedctypes.RawArray("d", size)
                 self.snapshot = serialize.Snapshot.take(by_reference=True)
                 self.launcher = ForkServer(self.progress, initializer, initargs, max_tasks,
-                                           getattr(ctx, "_name", None))
+                                           getattr(ctx, "_name", None), max_workers)
             else:
                 self.progress = ctx.RawArray("d", size)
                 self.snapshot = serialize.Snapshot.take(by_reference=False)

@@ -48,9 +48,13 @@ class ForkServer:
     """The parent's handle on a fork server."""
 
     def __init__(self, progress: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None, method: str | None = None) -> None:
+                 max_tasks: int | None, method: str | None = None, workers: int = 0) -> None:
+        """Fork the server, which forks ``workers`` workers (slots 0 to workers - 1) as
+        soon as it starts: their connections are made here and inherited, so that no
+        request has to reach it first (:meth:`spawn` hands out the parent's ends)."""
         parent = os.getpid()
-        self.spawned = 0
+        self.spawned = workers
+        self.initial: dict[int, Connection] = {}
         # the server's ends are opened and inherited by the server under the registry's
         # lock, unregistered: no other fork takes them, and the server keeps them
         with forking.quiesced():
@@ -58,16 +62,24 @@ class ForkServer:
                                                           socket.SOCK_STREAM)
             events, server_events = Pipe(duplex=False)
             handles.opened(commands, events)
+            theirs: list[socket.socket] = []
             try:
+                for slot in range(workers):
+                    ours, their = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    theirs.append(their)
+                    self.initial[slot] = Connection(ours.detach())
+                    handles.opened(self.initial[slot])
                 pid = forking.protocol_fork(bare=True, stacklevel=5)
             except BaseException:
-                handles.close(commands, events, server_commands, server_events)
+                handles.close(commands, events, server_commands, server_events, *theirs,
+                              *self.initial.values())
                 raise
             if pid == 0:  # the server (the fork closed every registered handle)
                 code = 1
                 try:
                     _Server(server_commands, server_events, parent, progress, initializer,
-                            initargs, max_tasks, method).serve()
+                            initargs, max_tasks, method,
+                            [their.detach() for their in theirs]).serve()
                     code = 0
                 except BaseException:  # noqa: BLE001
                     import traceback
@@ -75,8 +87,8 @@ class ForkServer:
                     traceback.print_exc()
                 finally:
                     exiting.leave(code)
-            server_commands.close()
-            server_events.close()
+            for handle in (server_commands, server_events, *theirs):
+                handle.close()
         self.pid = pid
         self.commands = commands
         self.events = events
@@ -84,6 +96,8 @@ class ForkServer:
 
     def spawn(self, slot: int) -> Connection:
         """Ask for a worker in ``slot``; return the parent's end of its connection."""
+        if slot in self.initial:  # forked by the server as it started
+            return self.initial.pop(slot)
         self.spawned += 1
         with handles.lock:  # no fork may take ``theirs``: it is the worker's alone
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -136,7 +150,8 @@ class ForkServer:
                         self.events.recv_bytes()
                 except (EOFError, OSError):
                     ending = True
-        handles.close(self.commands, self.events)
+        handles.close(self.commands, self.events, *self.initial.values())
+        self.initial.clear()
 
     def poll(self) -> int | None:
         if self.exitcode is None:
@@ -159,8 +174,9 @@ class _Server:
 
     def __init__(self, commands: socket.socket, events: Connection, parent: int,
                  progress: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None, method: str | None) -> None:
+                 max_tasks: int | None, method: str | None, initial: list[int]) -> None:
         self.commands = commands
+        self.initial = initial  # the first workers' connections, by slot
         self.events = events
         self.parent = parent
         self.progress = progress
@@ -180,6 +196,8 @@ class _Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
         self.wake = (wake_r, wake_w)
+        for slot in range(len(self.initial)):
+            self.spawn(slot, slot + 1, self.initial.pop(0))  # the others: closed in it
         stopping: float | None = None
         try:
             while True:
@@ -235,7 +253,7 @@ class _Server:
             try:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for handle in (*self.wake, *self.fds):
+                for handle in (*self.wake, *self.fds, *self.initial):
                     os.close(handle)
                 self.commands.close()
                 self.events.close()
