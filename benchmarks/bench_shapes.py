@@ -27,7 +27,7 @@ are drawn as a heat map in ``benchmarks/results/shapes.png`` if matplotlib is in
 The exit status is 0 whether the targets are met or not (PASS/FAIL is printed).
 
 Usage: python benchmarks/bench_shapes.py [--quick] [--repeat 3]
-       [--only cowmp,best,futures,pool,loky,mpire]
+       [--only cowmp,best,futures,pool,loky,mpire] [--cells tiny,skewed,...]
 ``--quick`` measures a much smaller matrix, one round unless ``--repeat`` is given.
 """
 
@@ -211,6 +211,8 @@ def main() -> None:
                         help="rounds (default 3, or 1 with --quick)")
     parser.add_argument("--only", default=",".join(LIBRARIES),
                         help="comma-separated subset of: " + ", ".join(LIBRARIES))
+    parser.add_argument("--cells", default=None,
+                        help="comma-separated subset of the matrix's cells (default: all)")
     args = parser.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
     requested = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -219,6 +221,12 @@ def main() -> None:
     if unknown or not libraries:
         parser.error(f"--only: unknown {unknown}; choose among {', '.join(LIBRARIES)}")
     cells = QUICK_CELLS if args.quick else CELLS
+    if args.cells:
+        wanted = [name.strip() for name in args.cells.split(",") if name.strip()]
+        missing = [name for name in wanted if name not in cells]
+        if missing or not wanted:
+            parser.error(f"--cells: unknown {missing}; choose among {', '.join(cells)}")
+        cells = {name: cells[name] for name in wanted}
 
     from _common import header, record
 

@@ -46,10 +46,9 @@ __all__ = ["CowProcessPoolExecutor", "TaskTimeoutError", "WorkerDiedError"]
 
 LOGGER = logging.getLogger("concurrent.futures")
 
-#: automatic chunking aims at pieces that take about this long in a worker
+#: automatic chunking aims at pieces that take about this long in a worker (and no
+#: more than a worker's share of what is left: the end is balanced by taking work back)
 CHUNK_SECONDS = 0.05
-#: ... and pieces shorter than this only when the input runs out
-MIN_CHUNK_SECONDS = 0.002
 #: pieces a busy worker may have waiting behind the one it runs (map chunks known to be
 #: short only), and at most this many bytes and expected seconds of them
 PREFETCH_PIECES = 16
@@ -464,10 +463,14 @@ class _Pool:
         # maps that may still read input (shutdown reads the rest of it)
         self.maps: weakref.WeakSet[_MapRun] = weakref.WeakSet()
         # measured (seconds, tasks), decayed, by pickled function, for map's chunk sizes
-        self.task_seconds: dict[bytes, tuple[float, float]] = {}
+        self.task_seconds: dict[bytes, tuple[tuple[float, float], int]] = {}
         self.waiter = _Waiter()
         self.wake_r = self.wake_w = None
         self.launcher: Any = None
+        # set once the workers are launched (or could not be): the manager thread, started
+        # before the fork server is forked, waits for it
+        self.launched = threading.Event()
+        self.launch_failed = False
         try:
             self.wake_r, self.wake_w = socket.socketpair()
             handles.opened(self.wake_r, self.wake_w)
@@ -475,6 +478,10 @@ class _Pool:
             self.wake_w.setblocking(False)
             forks = is_forking_cowfork(ctx) or (
                 getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
+            # started before the fork (which holds it where it waits): a thread started
+            # after it would wait for a CPU that the new processes take, and would write
+            # into pages that the fork has just shared
+            self.start_thread()
             size = max_workers * worker.SLOT_FIELDS
             if forks:
                 self.progress = sharedctypes.RawArray("d", size)
@@ -489,12 +496,18 @@ class _Pool:
             _live_pools.add(self)
             for slot in range(max_workers):
                 self.spawn(slot)
-            self.start_thread()
+            while self.launcher.has_event():  # the first workers' pids, known already
+                self.handle_event(self.launcher.read_event())
         except BaseException:
+            self.launch_failed = True
+            self.launched.set()
+            if self.thread is not None:
+                self.thread.join()
             if self.launcher is not None:
                 self.launcher.stop(KILL_NOW)
             self.close_handles()
             raise
+        self.launched.set()
 
     # -- called from any thread ---------------------------------------------------------
 
@@ -511,10 +524,11 @@ class _Pool:
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def remember_task_seconds(self, fn_payload: bytes, seconds: tuple[float, float]) -> None:
+    def remember_task_seconds(self, fn_payload: bytes,
+                              measured: tuple[tuple[float, float], int]) -> None:
         if len(self.task_seconds) >= 64 and fn_payload not in self.task_seconds:
             self.task_seconds.pop(next(iter(self.task_seconds)))  # the oldest
-        self.task_seconds[fn_payload] = seconds
+        self.task_seconds[fn_payload] = measured
 
     def pickle_function(self, fn: Any) -> bytes:
         return serialize.dumps(fn, self.snapshot, f"the function {serialize.short_repr(fn)}")
@@ -603,9 +617,15 @@ class _Pool:
             self.wake()
 
     def start_thread(self) -> None:
-        """Start the manager thread (with the workers: it hears of their start)."""
+        """Start the manager thread, one of cowmp's own from the start (a fork holds it
+        while it waits for the launch: :meth:`run`)."""
         self.thread = threading.Thread(target=self.run, name="cowmp-executor", daemon=True)
-        self.thread.start()
+        forking.adopt(self.thread, self.active)
+        try:
+            self.thread.start()
+        except BaseException:
+            forking.disown(self.thread)
+            raise
 
     def worker_pids(self) -> list[int]:
         """The workers' process ids; those still being started are waited for (at most
@@ -682,6 +702,14 @@ class _Pool:
 
     def run(self) -> None:
         with forking.own_thread(self.active):
+            self.active.release()  # a fork may happen while it waits for the launch
+            try:
+                self.launched.wait()
+            finally:
+                self.active.acquire()
+            if self.launch_failed:
+                self.thread = _ENDED
+                return
             try:
                 self.loop()
             except BaseException as error:  # noqa: BLE001 - a bug: every future must end
@@ -781,16 +809,26 @@ class _Pool:
                     if payload is not None:
                         self.send(w, [payload])
             if self.queue and all(self.usable(w) for w in workers):
-                for w in workers:
-                    if (w.inflight and self.can_take(w) and self.prefetch_low(w)
-                            and self.on_time(w)):
-                        batch: list[Message] = []
-                        while payload := self.give(w, prefetch=True):
-                            batch.append(payload)
-                        if batch:
-                            self.send(w, batch)
+                self.prefetch([w for w in workers if w.inflight and self.can_take(w)
+                               and self.prefetch_low(w) and self.on_time(w)])
         if not self.queue:
             self.take_back(workers)
+
+    def prefetch(self, workers: list[_Worker]) -> None:
+        """Queue pieces behind the running ones of busy ``workers``: a piece each in
+        turn (so that no worker holds the queue while another will be idle), each
+        worker's in one write."""
+        batches: dict[_Worker, list[Message]] = {w: [] for w in workers}
+        while self.queue and workers:
+            for w in list(workers):
+                payload = self.give(w, prefetch=True)
+                if payload is None:
+                    workers.remove(w)
+                else:
+                    batches[w].append(payload)
+        for w, batch in batches.items():
+            if batch:
+                self.send(w, batch)
 
     def take_back(self, workers: list[_Worker]) -> None:
         """For each idle worker, ask the busy worker holding the most unstarted tasks to
@@ -1557,13 +1595,13 @@ class _MapRun:
         self.chunks: collections.deque[_Chunk] = collections.deque()
         self.buffered = 0
         self.fn_payload = pool.pickle_function(fn)
-        # what this function's tasks took, the previous map's included (no probe needed
+        # what this function's tasks took, the previous maps' included (no probe needed
         # then): seconds and tasks, both decayed by half at every chunk, so that a chunk
         # weighs as many tasks as it has (small chunks, whose fixed costs make their
-        # tasks look longer, weigh little)
-        self.measured = pool.task_seconds.get(self.fn_payload, (0.0, 0.0))
-        if self.measured[1] < PROBE_TASKS:  # too few tasks to tell
-            self.measured = (0.0, 0.0)
+        # tasks look longer, weigh little); and how many tasks were measured in all
+        self.measured, self.evidence = pool.task_seconds.get(self.fn_payload,
+                                                             ((0.0, 0.0), 0))
+        self.tail: int | None = None  # the size of the last chunks, once planned
         self.per_task: float | None = None
         self.update_per_task()
         self.completed = 0  # tasks whose outcome came back (the evidence chunks grow by)
@@ -1584,14 +1622,15 @@ class _MapRun:
 
     def update_per_task(self) -> None:
         seconds, tasks = self.measured
-        if tasks >= PROBE_TASKS:  # else the fixed costs of a first call dominate
+        if self.evidence >= PROBE_TASKS and tasks:  # else a first call's costs dominate
             self.per_task = seconds / tasks
 
     def measure(self, seconds: float, tasks: int) -> None:
         """A chunk's tasks kept a worker busy ``seconds`` (called by the manager)."""
         self.measured = (0.5 * self.measured[0] + seconds, 0.5 * self.measured[1] + tasks)
+        self.evidence += tasks
         self.update_per_task()
-        self.pool.remember_task_seconds(self.fn_payload, self.measured)
+        self.pool.remember_task_seconds(self.fn_payload, (self.measured, self.evidence))
 
     def guess(self) -> float | None:
         """Seconds per task from what was measured, however little (an overstatement:
@@ -1606,11 +1645,15 @@ class _MapRun:
         if self.per_task is not None:
             per_task = max(self.per_task, 1e-7)
             size = int(CHUNK_SECONDS / per_task)
-            # guided: at most a quarter of each worker's share of what is left, but not
-            # so small that the messages cost more than the work
+            # once what is left is no more than a chunk per worker, it is split evenly
+            # into a chunk per worker: a worker that ends early takes back what another
+            # has not begun, so the end needs no tail of small chunks (they would cost
+            # the parent CPU time, which the workers may need)
             if self.remaining is not None:
-                size = max(min(size, self.remaining // (workers * 4)),
-                           int(MIN_CHUNK_SECONDS / per_task))
+                if self.tail is None and self.remaining <= size * workers:
+                    self.tail = -(-self.remaining // workers)
+                if self.tail is not None:
+                    size = min(size, self.tail)
             if self.sequences is None:  # read into memory ahead of its turn: bounded
                 size = min(size, MAX_CHUNK_TASKS)
         else:  # probing: one task per worker first, then as many as have completed, in

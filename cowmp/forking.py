@@ -28,7 +28,8 @@ from multiprocessing import queues as mp_queues
 
 from . import exiting, handles, heap
 
-__all__ = ["ForkWithThreadsWarning", "fork", "install_fork_hooks", "own_thread", "quiesced"]
+__all__ = ["ForkWithThreadsWarning", "adopt", "disown", "fork", "install_fork_hooks",
+           "own_thread", "quiesced"]
 
 
 class ForkWithThreadsWarning(RuntimeWarning):
@@ -65,8 +66,20 @@ def own_thread(active: threading.RLock) -> Iterator[None]:
         try:
             yield
         finally:
-            del _own_threads[thread]
+            _own_threads.pop(thread, None)
             _leaving.add(thread)  # it only returns from here: see quiesced()
+
+
+def adopt(thread: threading.Thread, active: threading.RLock) -> None:
+    """Count ``thread``, not started yet, as one of cowmp's own from now on: a fork that
+    happens before it runs :func:`own_thread` holds ``active`` (free until then), so
+    that the thread waits at its start until the fork is done."""
+    _own_threads[thread] = active
+
+
+def disown(thread: threading.Thread) -> None:
+    """Undo :func:`adopt` for a thread that could not be started."""
+    _own_threads.pop(thread, None)
 
 
 @contextlib.contextmanager
@@ -195,8 +208,20 @@ def fork() -> int:
 def protocol_fork(*, bare: bool, stacklevel: int, collect: bool = True) -> int:
     """Fork with the protocol.  ``bare``: the child is not a multiprocessing Process.
     ``collect=False``: the heap is frozen, never collected (see heap.freeze_for_fork)."""
+    index, pids = fork_children(1, bare=bare, stacklevel=stacklevel + 1, collect=collect)
+    return 0 if index == 0 else pids[0]
+
+
+def fork_children(count: int, *, bare: bool, stacklevel: int,
+                  collect: bool = True) -> tuple[int, list[int]]:
+    """Fork ``count`` children one right after the other, under one protocol section:
+    returns ``(n, earlier)`` in the n-th child, ``(-1, pids)`` in the parent.  Nothing runs
+    between the forks (each write in between would copy a page the child before shares).
+    The n-th child gets the pids of the children made before it instead of ``[]``.  If a
+    fork fails after the first, the parent gets the pids of those that were made."""
     if not hasattr(os, "fork"):
         raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
+    pids: list[int] = []
     with quiesced() as held:
         warned = warn_if_threads(stacklevel=stacklevel + 1, held=held)
         heap.freeze_for_fork(collect)
@@ -207,7 +232,16 @@ def protocol_fork(*, bare: bool, stacklevel: int, collect: bool = True) -> int:
                     warnings.filterwarnings(
                         "ignore", message=r".*multi-threaded, use of fork\(\)",
                         category=DeprecationWarning)
-                pid = os.fork()
+                while len(pids) < count:
+                    try:
+                        pid = os.fork()
+                    except OSError:
+                        if not pids:
+                            raise
+                        break
+                    if pid == 0:
+                        break
+                    pids.append(pid)
         except BaseException:
             heap.after_fork_in_parent()
             raise
@@ -215,9 +249,9 @@ def protocol_fork(*, bare: bool, stacklevel: int, collect: bool = True) -> int:
             _local.in_protocol = False
         if pid == 0:
             _after_in_child(bare=bare)
-        else:
-            heap.after_fork_in_parent()
-        return pid
+            return len(pids), pids  # the pids of the children made before it
+        heap.after_fork_in_parent()
+        return -1, pids
 
 
 def _hook_before() -> None:

@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 from multiprocessing.connection import Connection, Pipe
-from typing import Any
+from typing import Any, NoReturn
 
 from . import exiting, forking, handles, worker
 
@@ -175,6 +175,7 @@ class _Server:
     def __init__(self, commands: socket.socket, events: Connection, parent: int,
                  progress: Any, initializer: Any, initargs: tuple,
                  max_tasks: int | None, method: str | None, initial: list[int]) -> None:
+        self.pid = os.getpid()
         self.commands = commands
         self.initial = initial  # the first workers' connections, by slot
         self.events = events
@@ -196,8 +197,7 @@ class _Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
         self.wake = (wake_r, wake_w)
-        for slot in range(len(self.initial)):
-            self.spawn(slot, slot + 1, self.initial.pop(0))  # the others: closed in it
+        self.spawn_initial()
         stopping: float | None = None
         try:
             while True:
@@ -247,23 +247,48 @@ class _Server:
         return True
 
     def spawn(self, slot: int, number: int, fd: int) -> None:
-        server = os.getpid()
         pid = forking.protocol_fork(bare=True, stacklevel=3, collect=False)
-        if pid == 0:  # the worker
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for handle in (*self.wake, *self.fds, *self.initial):
+        if pid == 0:
+            self.become_worker(slot, number, fd)
+        self.spawned(slot, pid, fd)
+
+    def spawn_initial(self) -> None:
+        """Fork the first workers one right after the other (their connections were
+        inherited from the parent); their slots and numbers follow their order."""
+        fds, self.initial = self.initial, []
+        if not fds:
+            return
+        index, pids = forking.fork_children(len(fds), bare=True, stacklevel=3,
+                                            collect=False)
+        if index >= 0:
+            self.initial = fds  # closed in the worker, but for its own
+            self.become_worker(index, index + 1, fds[index])
+        for slot, fd in enumerate(fds):
+            if slot < len(pids):
+                self.spawned(slot, pids[slot], fd)
+            else:  # not forked: the parent sees its connection end, and asks again
+                os.close(fd)
+
+    def become_worker(self, slot: int, number: int, fd: int) -> NoReturn:
+        """In a worker just forked: drop the server's handles, run the worker."""
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for handle in (*self.wake, *self.fds, *self.initial):
+                if handle != fd:
                     os.close(handle)
-                self.commands.close()
-                self.events.close()
-                conn = Connection(fd)
-            except BaseException:  # noqa: BLE001
-                exiting.leave(1)
-            worker.run_worker(conn, slot, self.progress, server, self.initializer,
-                              self.initargs, self.max_tasks, name=f"CowPoolWorker-{number}",
-                              owner=self.parent, method=self.method)
-        os.close(fd)
+            self.commands.close()
+            self.events.close()
+            conn = Connection(fd)
+        except BaseException:  # noqa: BLE001
+            exiting.leave(1)
+        worker.run_worker(conn, slot, self.progress, self.pid, self.initializer,
+                          self.initargs, self.max_tasks, name=f"CowPoolWorker-{number}",
+                          owner=self.parent, method=self.method)
+        exiting.leave(1)  # run_worker never returns
+
+    def spawned(self, slot: int, pid: int, fd: int) -> None:
+        os.close(fd)  # the worker's now
         self.children[pid] = slot
         self.send(("spawned", slot, pid))
 

@@ -447,7 +447,7 @@ def test_busy_clock_counts_blocked_time_as_busy():
     assert 0.04 <= clock.since(mark) < 5
 
 
-def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
+def test_automatic_chunks_aim_at_a_time_and_take_at_most_a_worker_share():
     from cowmp import executor
 
     class FakePool:
@@ -455,19 +455,21 @@ def test_automatic_chunks_shrink_towards_the_end_but_not_below_the_floor():
         max_tasks = None
 
     run = executor._MapRun.__new__(executor._MapRun)
-    run.pool, run.chunksize, run.per_task = FakePool(), None, 1e-7
+    run.pool, run.chunksize, run.per_task, run.tail = FakePool(), None, 1e-7, None
     run.sequences = ([],)  # a list: sliced when sent, chunks need no bound in memory
     sizes = []
-    run.remaining = 1_000_000
+    run.remaining = 10_300_000
     while run.remaining > 0:
         size = min(run.next_size(), run.remaining)
         sizes.append(size)
         run.remaining -= size
-    floor = int(executor.MIN_CHUNK_SECONDS / 1e-7)
-    assert sizes[0] == 1_000_000 // 8  # a quarter of each worker's share
+    chunk = int(executor.CHUNK_SECONDS / 1e-7)  # the time aimed at
+    assert sizes[0] == chunk
     assert sizes == sorted(sizes, reverse=True)
-    assert all(size >= floor for size in sizes[:-1]), sizes  # never halving down to 1
-    assert len(sizes) < 40
+    tail = [size for size in sizes if size != chunk]
+    assert tail == [400_000, 400_000], sizes  # the rest: a chunk per worker
+    run.remaining, run.tail = 1_001, None
+    assert run.next_size() == 501  # each worker's share of a short input
     run.sequences, run.remaining = None, None  # an iterator: chunks wait in memory
     assert run.next_size() == executor.MAX_CHUNK_TASKS
     run.per_task = 1.0  # long tasks: one per chunk
@@ -490,7 +492,7 @@ def test_probe_chunks_start_at_one_task_and_grow_with_the_tasks_completed():
     run = executor._MapRun.__new__(executor._MapRun)
     run.pool, run.chunksize, run.per_task, run.fn_payload = FakePool(), None, None, b""
     run.measured, run.remaining, run.sequences = (0.0, 0.0), 1_000_000, ([],)
-    run.completed = 0
+    run.completed, run.evidence, run.tail = 0, 0, None
     assert run.next_size() == 1
     run.completed = 2
     run.measure(2e-6, 2)  # fast, but too few tasks to trust
@@ -504,7 +506,7 @@ def test_probe_chunks_start_at_one_task_and_grow_with_the_tasks_completed():
     slow = executor._MapRun.__new__(executor._MapRun)
     slow.pool, slow.chunksize, slow.per_task, slow.fn_payload = FakePool(), None, None, b""
     slow.measured, slow.remaining, slow.sequences = (0.0, 0.0), 1_000, ([],)
-    slow.completed = 50
+    slow.completed, slow.evidence, slow.tail = 50, 0, None
     slow.measure(0.2, 1)  # one task took 0.2 s: chunks stay at one task
     assert slow.next_size() == 1
     slow.measured, slow.remaining = (0.0, 0.0), 3  # a short rest: each worker's share
@@ -930,6 +932,7 @@ def test_workers_are_children_of_the_fork_server_not_of_the_parent():
         server = ex.fork_server_pid
         assert server is not None and server != os.getpid()
         assert psutil.Process(server).ppid() == os.getpid()
+        assert {psutil.Process(pid).ppid() for pid in ex.worker_pids} == {server}
         assert isinstance(ex.submit(_kill_self).exception(timeout=30), cowmp.WorkerDiedError)
         ppids = {f.result(timeout=30) for f in [ex.submit(_ppid) for _ in range(10)]}
         assert ppids == {server}

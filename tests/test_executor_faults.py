@@ -1355,6 +1355,9 @@ def test_an_exception_leaving_with_ends_even_workers_that_ignore_sigterm(tmp_pat
             raise KeyboardInterrupt
     assert time.monotonic() - left < 1.5, "the with block was left late"
     assert _all_gone(pids, timeout=5), _alive(pids)
+    # and reaped: no zombie is left
+    assert wait_for(lambda: not any(psutil.pid_exists(pid) for pid in pids), timeout=5), [
+        pid for pid in pids if psutil.pid_exists(pid)]
     for future in futures:
         assert future.done()
         assert future.cancelled() or isinstance(_error_of(future, 1), BrokenProcessPool)

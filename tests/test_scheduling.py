@@ -1,0 +1,196 @@
+"""How the executor hands work out: one task per worker first, work taken back from a busy
+worker by an idle one, nothing waiting behind a task that runs late, workers started
+with the executor.  Behaviour only: whether the work ends up on the right worker, never
+how long it took (speed is for benchmarks/bench_shapes.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from multiprocessing import sharedctypes
+from multiprocessing.connection import Connection
+
+import psutil
+import pytest
+from conftest import requires_fork, wait_for
+
+import cowmp
+from cowmp import CowProcessPoolExecutor
+
+#: set by a test before it creates its executor, whose workers inherit it
+EVENT = None
+
+
+def nap_pid(seconds, x):
+    time.sleep(seconds)
+    return x, os.getpid()
+
+
+def slow_head(x):
+    """Tasks 0 to 9 take 0.1 s, the others 1 ms."""
+    time.sleep(0.1 if x < 10 else 0.001)
+    return os.getpid()
+
+
+def waits_for_the_last(count, x):
+    """Task 0 waits until the last task has run; the others take 5 ms."""
+    if x == 0:
+        if not EVENT.wait(60):
+            raise RuntimeError("the last task never ran while task 0 waited")
+    else:
+        time.sleep(0.005)
+        if x == count - 1:
+            EVENT.set()
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_the_first_tasks_of_a_map_go_one_per_worker():
+    import functools
+
+    with CowProcessPoolExecutor(max_workers=4) as ex:
+        done = list(ex.map(functools.partial(nap_pid, 0.2), range(8)))
+    assert [x for x, _ in done] == list(range(8))
+    first = [pid for _, pid in done[:4]]
+    assert len(set(first)) == 4, first  # not two of them queued on one worker
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_worker_takes_back_the_unstarted_tasks_of_a_busy_one():
+    # two chunks of ten: the second (1 ms tasks) is done long before the first (0.1 s
+    # tasks) has run two; the worker left idle takes back what the other has not begun
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        pids = list(ex.map(slow_head, range(20), chunksize=10))
+    slow, fast = pids[:10], pids[10:]
+    assert len(set(fast)) == 1
+    assert fast[0] in slow[1:], pids  # some of the slow chunk ran on the other worker
+    assert slow[0] != fast[0]
+
+
+@pytest.mark.timeout(120)
+def test_nothing_waits_behind_a_task_that_runs_far_longer_than_the_others():
+    # task 0 blocks until the last task has run: a task queued behind it on its worker
+    # (prefetched) would never run, and the map would hang
+    import functools
+
+    global EVENT
+    EVENT = cowmp.get_context("cowfork").Event()
+    try:
+        with CowProcessPoolExecutor(max_workers=2) as ex:
+            results = list(ex.map(functools.partial(waits_for_the_last, 300), range(300),
+                                  timeout=60))
+    finally:
+        EVENT = None
+    assert results == list(range(300))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["cowfork", "spawn"])
+def test_workers_start_with_the_executor_and_are_listed(method):
+    ctx = None if method == "cowfork" else cowmp.get_context("spawn")
+    with CowProcessPoolExecutor(max_workers=3, mp_context=ctx) as ex:
+        pids = ex.worker_pids  # no task submitted yet
+        assert len(pids) == 3 and len(set(pids)) == 3
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        assert wait_for(lambda: all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                                    for pid in pids))
+        assert sorted(ex.worker_pids) == sorted(pids)
+
+
+# --- the worker's side of taking work back ----------------------------------------------
+
+def _ran(x):
+    time.sleep(0.05)
+    return x
+
+
+@pytest.fixture
+def bare_worker():
+    """A worker loop in a forked child, its slot, and the parent's end of its socket."""
+    from cowmp import serialize, worker
+    from cowmp.channel import Channel
+
+    progress = sharedctypes.RawArray("d", worker.SLOT_FIELDS)
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            ours.close()
+            worker._serve(Channel(Connection(theirs.detach())),
+                          memoryview(progress).cast("B").cast("d"), 0, None,
+                          serialize.Snapshot.take(by_reference=True))
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    theirs.close()
+    channel = Channel(Connection(ours.detach()))
+    try:
+        yield channel, progress
+    finally:
+        channel.close()
+        os.waitpid(pid, 0)
+
+
+def _piece(piece_id, count):
+    from cowmp import serialize, worker
+
+    snapshot = serialize.Snapshot.take(by_reference=True)
+    fn = serialize.dumps(_ran, snapshot, "the function")
+    tasks, _ = serialize.pack_list(list(range(count)), snapshot)
+    return [worker.HEADER.pack(piece_id, count, worker.TRACKED, len(fn), 0), fn, tasks]
+
+
+def _outcomes(channel, pieces):
+    from cowmp import worker
+
+    found = []
+    while len(found) < pieces:
+        for data in channel.receive():
+            _, piece_id, count, *_ = worker.DONE.unpack_from(data)
+            found.append((piece_id, count))
+    return found
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_a_worker_stops_before_its_next_task_and_returns_the_pieces_behind(bare_worker):
+    from cowmp import worker
+
+    channel, progress = bare_worker
+    channel.send([_piece(101, 10), _piece(102, 3), _piece(103, 2)])
+    assert wait_for(lambda: progress[0] == 101 and progress[1] >= 1)  # task 1 running
+    progress[worker.YIELD] = 101
+    outcomes = _outcomes(channel, 3)
+    (first, ran), *rest = outcomes
+    assert first == 101 and 2 <= ran < 10, outcomes  # stopped before a later task
+    assert rest == [(102, 0), (103, 0)]  # never begun: all given back
+    assert worker.sent_count(int(progress[1])) is not None
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+def test_a_piece_asked_back_before_it_begins_is_returned_whole(bare_worker):
+    from cowmp import worker
+
+    channel, progress = bare_worker
+    progress[worker.YIELD] = 201
+    channel.send([_piece(201, 4), _piece(202, 4)])
+    assert _outcomes(channel, 2) == [(201, 0), (202, 0)]
+    progress[worker.YIELD] = 0
+    channel.send([_piece(203, 2)])
+    assert _outcomes(channel, 1) == [(203, 2)]  # and it goes on working
+
+
+def test_sending_index_round_trips():
+    from cowmp import worker
+
+    for count in (0, 1, 7, 1 << 20):
+        index = worker.sending(count)
+        assert index < 0 and index not in (worker.UNTRACKED, worker.READING)
+        assert worker.sent_count(index) == count
+    for index in (worker.UNTRACKED, worker.READING, 0, 5):
+        assert worker.sent_count(index) is None
+
