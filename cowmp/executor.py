@@ -467,10 +467,6 @@ class _Pool:
         self.waiter = _Waiter()
         self.wake_r = self.wake_w = None
         self.launcher: Any = None
-        # set once the workers are launched (or could not be): the manager thread, started
-        # before the fork server is forked, waits for it
-        self.launched = threading.Event()
-        self.launch_failed = False
         try:
             self.wake_r, self.wake_w = socket.socketpair()
             handles.opened(self.wake_r, self.wake_w)
@@ -478,10 +474,6 @@ class _Pool:
             self.wake_w.setblocking(False)
             forks = is_forking_cowfork(ctx) or (
                 getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
-            # started before the fork (which holds it where it waits): a thread started
-            # after it would wait for a CPU that the new processes take, and would write
-            # into pages that the fork has just shared
-            self.start_thread()
             size = max_workers * worker.SLOT_FIELDS
             if forks:
                 self.progress = sharedctypes.RawArray("d", size)
@@ -498,16 +490,12 @@ class _Pool:
                 self.spawn(slot)
             while self.launcher.has_event():  # the first workers' pids, known already
                 self.handle_event(self.launcher.read_event())
+            self.start_thread()
         except BaseException:
-            self.launch_failed = True
-            self.launched.set()
-            if self.thread is not None:
-                self.thread.join()
             if self.launcher is not None:
                 self.launcher.stop(KILL_NOW)
             self.close_handles()
             raise
-        self.launched.set()
 
     # -- called from any thread ---------------------------------------------------------
 
@@ -617,15 +605,9 @@ class _Pool:
             self.wake()
 
     def start_thread(self) -> None:
-        """Start the manager thread, one of cowmp's own from the start (a fork holds it
-        while it waits for the launch: :meth:`run`)."""
+        """Start the manager thread (with the workers: it hears of their start)."""
         self.thread = threading.Thread(target=self.run, name="cowmp-executor", daemon=True)
-        forking.adopt(self.thread, self.active)
-        try:
-            self.thread.start()
-        except BaseException:
-            forking.disown(self.thread)
-            raise
+        self.thread.start()
 
     def worker_pids(self) -> list[int]:
         """The workers' process ids; those still being started are waited for (at most
@@ -702,14 +684,6 @@ class _Pool:
 
     def run(self) -> None:
         with forking.own_thread(self.active):
-            self.active.release()  # a fork may happen while it waits for the launch
-            try:
-                self.launched.wait()
-            finally:
-                self.active.acquire()
-            if self.launch_failed:
-                self.thread = _ENDED
-                return
             try:
                 self.loop()
             except BaseException as error:  # noqa: BLE001 - a bug: every future must end

@@ -28,7 +28,7 @@ from multiprocessing import queues as mp_queues
 
 from . import exiting, handles, heap
 
-__all__ = ["ForkWithThreadsWarning", "adopt", "disown", "fork", "install_fork_hooks",
+__all__ = ["ForkWithThreadsWarning", "fork", "fork_children", "install_fork_hooks",
            "own_thread", "quiesced"]
 
 
@@ -68,18 +68,6 @@ def own_thread(active: threading.RLock) -> Iterator[None]:
         finally:
             _own_threads.pop(thread, None)
             _leaving.add(thread)  # it only returns from here: see quiesced()
-
-
-def adopt(thread: threading.Thread, active: threading.RLock) -> None:
-    """Count ``thread``, not started yet, as one of cowmp's own from now on: a fork that
-    happens before it runs :func:`own_thread` holds ``active`` (free until then), so
-    that the thread waits at its start until the fork is done."""
-    _own_threads[thread] = active
-
-
-def disown(thread: threading.Thread) -> None:
-    """Undo :func:`adopt` for a thread that could not be started."""
-    _own_threads.pop(thread, None)
 
 
 @contextlib.contextmanager
