@@ -26,9 +26,11 @@ best chunksize divided by cowmp at its default (>= 0.91 meets the target).  The 
 are drawn as a heat map in ``benchmarks/results/shapes.png`` if matplotlib is installed.
 The exit status is 0 whether the targets are met or not (PASS/FAIL is printed).
 
-Usage: python benchmarks/bench_shapes.py [--quick] [--repeat 3]
+Usage: python benchmarks/bench_shapes.py [--quick | --long] [--repeat 3]
        [--only cowmp,best,futures,pool,loky,mpire] [--cells tiny,skewed,...]
-``--quick`` measures a much smaller matrix, one round unless ``--repeat`` is given.
+``--quick`` measures a much smaller matrix, one round unless ``--repeat`` is given;
+``--long`` adds the ends of the range (a million 1 µs tasks, 10 s tasks), where the
+variants that would take minutes are left out with the reason printed.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ def skewed(fast, slow, x):
 
 # name: (label, function, task count, workers, input kind)
 CELLS = {
+    "one": ("one 0.1 s sleep, 2 workers", functools.partial(nap, 0.1), 1, 2, "list"),
     "tiny": ("1 µs CPU (x*2) x 10,000, 2 workers", double, 10_000, 2, "list"),
+    "tiny-1w": ("1 µs CPU (x*2) x 10,000, 1 worker", double, 10_000, 1, "list"),
     "cpu1ms": ("1 ms CPU x 400, 2 workers", functools.partial(spin, 0.001), 400, 2, "list"),
     "cpu1ms-range": ("1 ms CPU x 400, 2 workers, range", functools.partial(spin, 0.001),
                      400, 2, "range"),
@@ -99,8 +103,23 @@ CELLS = {
     "cpu50ms": ("50 ms CPU x 12, 2 workers", functools.partial(spin, 0.05), 12, 2, "list"),
     "sleep8": ("0.25 s sleep x 8, 4 workers", functools.partial(nap, 0.25), 8, 4, "list"),
     "sleep3": ("0.2 s sleep x 3, 4 workers", functools.partial(nap, 0.2), 3, 4, "list"),
+    "sleep-8w": ("20 ms sleep x 64, 8 workers", functools.partial(nap, 0.02), 64, 8, "list"),
     "skewed": ("0.1 ms CPU, 1 in 100 100 ms, x 200, 2 workers",
                functools.partial(skewed, 0.0001, 0.1), 200, 2, "list"),
+    "skewed-gen": ("0.1 ms CPU, 1 in 100 100 ms, x 400, 2 workers, generator",
+                   functools.partial(skewed, 0.0001, 0.1), 400, 2, "generator"),
+}
+#: the ends of the range, with ``--long`` (minutes more)
+LONG_CELLS = {
+    "million": ("1 µs CPU (x*2) x 1,000,000, 2 workers, range", double, 1_000_000, 2,
+                "range"),
+    "ten-s": ("10 s sleep x 2, 2 workers", functools.partial(nap, 10.0), 2, 2, "list"),
+}
+#: variants left out of a cell, and why (printed)
+SKIPPED = {
+    "million": {lib: f"{name} sends a message per task: over a minute for a million, "
+                     "far slower than Pool" for lib, name in
+                (("futures", "ProcessPoolExecutor"), ("loky", "loky's executor"))},
 }
 QUICK_CELLS = {
     "q-tiny": ("1 µs CPU (x*2) x 2,000, 2 workers", double, 2_000, 2, "list"),
@@ -110,7 +129,7 @@ QUICK_CELLS = {
     "q-skewed": ("0.1 ms CPU, 1 in 100 100 ms, x 200, 2 workers",
                  functools.partial(skewed, 0.0001, 0.1), 200, 2, "list"),
 }
-ALL_CELLS = {**CELLS, **QUICK_CELLS}
+ALL_CELLS = {**CELLS, **LONG_CELLS, **QUICK_CELLS}
 
 
 def make_input(kind: str, tasks: int):
@@ -207,6 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a much smaller matrix")
+    parser.add_argument("--long", action="store_true",
+                        help="add a million tiny tasks and 10 s tasks (minutes more)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="rounds (default 3, or 1 with --quick)")
     parser.add_argument("--only", default=",".join(LIBRARIES),
@@ -220,7 +241,7 @@ def main() -> None:
     libraries = [name for name in LIBRARIES if name in requested]
     if unknown or not libraries:
         parser.error(f"--only: unknown {unknown}; choose among {', '.join(LIBRARIES)}")
-    cells = QUICK_CELLS if args.quick else CELLS
+    cells = QUICK_CELLS if args.quick else {**CELLS, **(LONG_CELLS if args.long else {})}
     if args.cells:
         wanted = [name.strip() for name in args.cells.split(",") if name.strip()]
         missing = [name for name in wanted if name not in cells]
@@ -238,8 +259,13 @@ def main() -> None:
         print("mpire: not importable, skipped (python -m pip install mpire)")
         libraries.remove("mpire")
 
+    for cell in cells:
+        for lib, why in SKIPPED.get(cell, {}).items():
+            if lib in libraries:
+                print(f"{cell}: {LIBRARIES[lib]} left out: {why}")
     # variant: (library key, library to start, chunksize)
-    variants = {cell: [(lib, lib, None) for lib in libraries if lib != "best"]
+    variants = {cell: [(lib, lib, None) for lib in libraries
+                       if lib != "best" and lib not in SKIPPED.get(cell, {})]
                 + ([("best", "cowmp", cs) for cs in chunksizes(cells[cell][2])]
                    if "best" in libraries else [])
                 for cell in cells}
@@ -288,14 +314,15 @@ def main() -> None:
             if best_ratio is not None and best_ratio < 1 / 1.1:
                 fails["best"].append(cell)
             heat[cell] += [peer_ratio, best_ratio]
-            print(f"{cell:13} " + " ".join(f"{t[lib]:8.3f}" for lib in shown)
+            print(f"{cell:13} " + " ".join(f"{t[lib]:8.3f}" if lib in t else f"{'-':>8}"
+                                            for lib in shown)
                   + f" {best_cs.get(cell, '-'):>7} "
                   + (f"{peer_ratio:11.2f}" if peer_ratio else f"{'-':>11}") + " "
                   + (f"{best_ratio:10.2f}" if best_ratio else f"{'-':>10}"))
             _, _, tasks, workers, kind = cells[cell]
             record("shapes", {"mode": mode, "cell": cell, "tasks": tasks, "workers": workers,
                               "input": kind, "rounds": repeat,
-                              **{f"{lib}_s": t[lib] for lib in shown},
+                              **{f"{lib}_s": t.get(lib) for lib in shown},
                               "best_chunksize": best_cs.get(cell),
                               "peers_over_cowmp": peer_ratio, "best_over_cowmp": best_ratio})
         heat_columns += [f"{mode}\npeers/cowmp", f"{mode}\nbest/cowmp"]
@@ -318,9 +345,14 @@ def main() -> None:
                               "measured": f"{len(cells) - len(fails[key])}/{len(cells)} cells",
                               "result": verdict})
     print()
-    print(heat_map(list(cells), heat_columns, [heat[cell] for cell in cells],
-                   os.path.join(HERE, "results", "shapes.png"),
-                   "ratio of medians (>1: cowmp default faster)"))
+    from _common import RESULTS_ENV
+
+    if os.environ.get(RESULTS_ENV):
+        print("heat map: drawn by run_all.py beside its results")
+    else:
+        print(heat_map(list(cells), heat_columns, [heat[cell] for cell in cells],
+                       os.path.join(HERE, "results", "shapes.png"),
+                       "ratio of medians (>1: cowmp default faster)"))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ RESULTS_ENV = "COWMP_BENCH_RESULTS"  # as in _common.py
 PLOT_HINT = "pip install 'cowmp[plot]'"
 
 #: the order of RESULTS.md (the headline first); benchmarks not named here follow, by name
-ORDER = ["scaling", "gc", "share", "exit", "parent_policy", "startup", "executor"]
+ORDER = ["scaling", "gc", "share", "exit", "parent_policy", "startup", "executor", "lifecycle",
+         "shapes"]
 #: arguments of --quick, by benchmark (a full run uses each benchmark's defaults)
 QUICK_ARGS = {
     "scaling": ["--gib", "0.1", "--workers", "1,2,4"],
@@ -51,6 +52,7 @@ QUICK_ARGS = {
     "startup": ["--gib", "0.1", "--workers", "2"],
     "executor": ["--tasks", "10000", "--repeat", "1"],
     "shapes": ["--quick"],
+    "lifecycle": ["--repeat", "5", "--cycles", "10"],
 }
 FULL_TIMEOUT = 1800.0  # seconds, per benchmark
 QUICK_TIMEOUT = 600.0
@@ -588,9 +590,38 @@ def chart_shapes(plt, records: list[dict], path: str) -> str | None:  # type: ig
     return "cowmp's default map against the faster of Pool and ProcessPoolExecutor, by shape"
 
 
+def chart_lifecycle(plt, records: list[dict], path: str) -> str | None:  # type: ignore[no-untyped-def]
+    """bench_lifecycle's phases, a group of bars per phase, a bar per pool."""
+    data = [item for item in records if "phase" in item]
+    if not data:
+        return None
+    import numpy
+
+    libraries = [key[:-3] for key in data[0] if key.endswith("_ms")]
+    names = {"cowmp": "cowmp.CowProcessPoolExecutor", "pool": "fork context Pool",
+             "futures": "ProcessPoolExecutor (fork)"}
+    xs = numpy.arange(len(data))
+    width = 0.8 / len(libraries)
+    figure, axes = plt.subplots(figsize=(10, 5))
+    shades = ("#4c72b0", "#dd8452", "#55a868")
+    for index, lib in enumerate(libraries):
+        bars = axes.bar(xs + (index - (len(libraries) - 1) / 2) * width,
+                        [item[f"{lib}_ms"] for item in data], width,
+                        label=names.get(lib, lib), color=shades[index % len(shades)])
+        bar_labels(axes, bars, "{:.2g}")
+    axes.set_xticks(xs, [item["phase"] for item in data])
+    axes.set_ylabel("milliseconds, median")
+    axes.set_title(f"Life cycle of a pool ({subtitle()})", fontsize=11)
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    save(plt, figure, path)
+    return "The phases of a pool's life, cowmp beside Pool and ProcessPoolExecutor"
+
+
 CHARTS = {"scaling": chart_scaling, "gc": chart_gc, "share": chart_share,
           "startup": chart_startup, "executor": chart_executor, "exit": chart_exit,
-          "parent_policy": chart_parent_policy, "shapes": chart_shapes}
+          "parent_policy": chart_parent_policy, "shapes": chart_shapes,
+          "lifecycle": chart_lifecycle}
 
 
 def draw(plt, outcome: Outcome, results_dir: str) -> bool:  # type: ignore[no-untyped-def]

@@ -35,3 +35,24 @@ def test_run_all_rejects_an_unknown_benchmark(tmp_path):
          "--out", str(tmp_path / "R.md")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "no benchmark 'nothing'" in run.stderr
     assert not (tmp_path / "R.md").exists()
+
+
+def test_run_all_measures_the_executor_life_cycle_and_the_shapes_of_work(tmp_path):
+    out_file = tmp_path / "RESULTS.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--quiet",
+         "--only", "lifecycle", "shapes", "--out", str(out_file)],
+        capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = out_file.read_text()
+    assert "## bench_lifecycle" in text and "## bench_shapes" in text
+    for phase in ("create", "all workers", "shutdown", "life cycle", "cycle"):
+        assert f"| {phase} |" in text, phase  # a row per phase
+    assert text.count("target life cycle") == 1
+    assert "q-skewed" in text and "peers/cowmp" in text  # a row per cell, the ratios
+    assert text.count("| target | measured | result |") == 2
+    if importlib.util.find_spec("matplotlib") is not None:
+        for name in ("lifecycle", "shapes"):
+            chart = tmp_path / "results" / f"{name}.png"
+            assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"](results/{name}.png)" in text
