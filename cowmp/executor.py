@@ -298,8 +298,10 @@ class _Piece:
     def set_payload(self, tasks: bytes, kwargs: bytes = b"") -> None:
         job = self.job
         self.tracked = self.track or job.tracking()
+        estimate = job.estimate(len(self.indices))
         flags = ((worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
-                 | (worker.TRACKED if self.tracked else 0))
+                 | (worker.TRACKED if self.tracked else 0)
+                 | (worker.SHORT if 0 < estimate < worker.HOLD_SECONDS else 0))
         function = job.fn_payload
         header = worker.HEADER.pack(self.id, len(self.indices), flags, len(function),
                                     len(kwargs))

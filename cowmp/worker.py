@@ -51,8 +51,9 @@ from typing import Any
 from . import exiting, handles, serialize
 from .channel import Channel
 
-__all__ = ["DONE", "HEADER", "INIT_FAILED", "READING", "READY", "SLOT_FIELDS", "STAR",
-           "TIMED", "TRACKED", "UNTRACKED", "YIELD", "run_worker", "sending", "sent_count"]
+__all__ = ["DONE", "HEADER", "INIT_FAILED", "READING", "READY", "SHORT", "SLOT_FIELDS",
+           "STAR", "TIMED", "TRACKED", "UNTRACKED", "YIELD", "run_worker", "sending",
+           "sent_count"]
 
 #: piece id, number of tasks, flags, sizes of the pickled function and keyword arguments
 HEADER = struct.Struct("!qIBII")
@@ -62,8 +63,10 @@ DONE = struct.Struct("!cqIdIBQ")
 #: the kinds of message a worker sends (DONE's first byte, or a message of its own)
 READY, INIT_FAILED, DONE_KIND = b"R", b"I", b"D"
 #: flags: tasks are argument tuples (else single arguments); tasks have a timeout; record
-#: each task's index before it runs (else only the piece: its tasks are too short)
-STAR, TIMED, TRACKED = 1, 2, 4
+#: each task's index before it runs (else only the piece: its tasks are too short); the
+#: parent expects the piece to take less than HOLD_SECONDS (outcomes held back may wait
+#: for it, and for no other piece)
+STAR, TIMED, TRACKED, SHORT = 1, 2, 4, 8
 #: the index recorded for a piece whose tasks are not recorded one by one, and for a
 #: piece that is being read (unpickled)
 UNTRACKED, READING = -1, -2
@@ -162,7 +165,9 @@ class _Outbox:
     """Outcomes of finished pieces, sent together: while another piece has already
     arrived to run, they wait (at most :data:`HOLD_PIECES` pieces and
     :data:`HOLD_SECONDS`), so that the parent is woken once for several pieces.  Nothing
-    waits when no piece is ready to run: the worker sends before it blocks."""
+    waits when no piece is ready to run (the worker sends before it blocks), nor while a
+    piece that is not known to be :data:`SHORT` runs (it is sent before that piece
+    begins): outcomes held back never wait long, and never delay the end of a map."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -455,6 +460,8 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
             slots[index_at] = sending(0)
             _give_back(channel, outbox, piece_id, snapshot)
             continue
+        if not flags & SHORT:
+            outbox.flush()
         fn, arg_list, kwarg_dicts, star = reader.read(data, count, fn_size, kw_size,
                                                       bool(flags & STAR))
         if star:

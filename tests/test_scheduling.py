@@ -134,13 +134,19 @@ def bare_worker():
         os.waitpid(pid, 0)
 
 
-def _piece(piece_id, count):
+def _piece(piece_id, count, fn=_ran, flags=None):
     from cowmp import serialize, worker
 
     snapshot = serialize.Snapshot.take(by_reference=True)
-    fn = serialize.dumps(_ran, snapshot, "the function")
+    fn = serialize.dumps(fn, snapshot, "the function")
     tasks, _ = serialize.pack_list(list(range(count)), snapshot)
-    return [worker.HEADER.pack(piece_id, count, worker.TRACKED, len(fn), 0), fn, tasks]
+    flags = worker.TRACKED if flags is None else flags
+    return [worker.HEADER.pack(piece_id, count, flags, len(fn), 0), fn, tasks]
+
+
+def _long(x):
+    time.sleep(3)
+    return x
 
 
 def _outcomes(channel, pieces):
@@ -194,3 +200,73 @@ def test_sending_index_round_trips():
     for index in (worker.UNTRACKED, worker.READING, 0, 5):
         assert worker.sent_count(index) is None
 
+
+
+def slow_head_dies_at(x):
+    """As :func:`slow_head`; task 5 (taken back from the first worker) kills its worker."""
+    if x == 5:
+        os._exit(3)
+    return slow_head(x)
+
+
+@pytest.mark.timeout(60)
+def test_work_taken_back_then_fatal_fails_only_its_task():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        futures = ex.map(slow_head_dies_at, range(20), chunksize=10)
+        got = []
+        with pytest.raises(cowmp.WorkerDiedError, match="exit code 3"):
+            for pid in futures:
+                got.append(pid)
+        assert len(got) == 5  # tasks 0 to 4, then task 5's error
+        # the pool goes on
+        assert list(ex.map(slow_head, range(12, 16))) and len(ex.worker_pids) == 2
+
+
+@pytest.mark.timeout(120)
+def test_taking_work_back_loses_and_repeats_nothing(tmp_path):
+    # tasks of uneven length on three workers, with explicit and automatic chunks, a
+    # submit stream beside them: every task runs exactly once (a mark per run)
+    import functools
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with CowProcessPoolExecutor(max_workers=3) as ex:
+        side = [ex.submit(_marked, str(marks), 10_000 + i, 0.002) for i in range(30)]
+        first = list(ex.map(functools.partial(_marked, str(marks)), range(300),
+                            [0.03 if x % 37 == 0 else 0.0005 for x in range(300)],
+                            chunksize=40))
+        second = list(ex.map(functools.partial(_marked, str(marks)), range(300, 700),
+                             [0.05 if x % 101 == 0 else 0.0002 for x in range(400)]))
+        assert [f.result() for f in side] == [10_000 + i for i in range(30)]
+    assert first == list(range(300)) and second == list(range(300, 700))
+    names = sorted(int(name) for name in os.listdir(marks))
+    assert names == sorted([*range(700), *range(10_000, 10_030)])  # once each
+
+
+def _marked(directory, x, seconds):
+    path = os.path.join(directory, str(x))
+    with open(path, "x"):  # a second run of the same task would fail here
+        pass
+    time.sleep(seconds)
+    return x
+
+
+@requires_fork
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("short", [False, True])
+def test_outcomes_held_back_wait_only_for_pieces_known_to_be_short(bare_worker, short):
+    # a tiny piece, then one that runs 3 s: the tiny one's outcome is not held back for
+    # the long one (unless the parent said it would be short, which it was not)
+    from cowmp import worker
+
+    channel, _ = bare_worker
+    tiny = worker.SHORT if short else 0
+    started = time.monotonic()
+    channel.send([_piece(301, 1, fn=str, flags=tiny), _piece(302, 1, fn=_long, flags=tiny)])
+    first = _outcomes(channel, 1)
+    waited = time.monotonic() - started
+    if short:  # held back, as it was told it could be: both come together
+        assert first == [(301, 1), (302, 1)] and waited >= 2.5
+    else:  # sent before the long piece began
+        assert first == [(301, 1)] and waited < 2.5
+        assert _outcomes(channel, 1) == [(302, 1)]
