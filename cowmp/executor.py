@@ -46,8 +46,9 @@ __all__ = ["CowProcessPoolExecutor", "TaskTimeoutError", "WorkerDiedError"]
 
 LOGGER = logging.getLogger("concurrent.futures")
 
-#: automatic chunking aims at pieces that take about this long in a worker (and no
-#: more than a worker's share of what is left: the end is balanced by taking work back)
+#: automatic chunking aims at pieces that take about this long in a worker (and no more
+#: than a quarter of a worker's share of a map of known length; at the end, a chunk per
+#: worker: the end is balanced by taking work back)
 CHUNK_SECONDS = 0.05
 #: pieces a busy worker may have waiting behind the one it runs (map chunks known to be
 #: short only), and at most this many bytes and expected seconds of them
@@ -61,6 +62,8 @@ UNTRACKED_TASK_SECONDS = 20e-6
 #: and untracked tasks); until then its chunks grow from one task per worker with the
 #: tasks completed, in pieces the first measurements expect to be short
 PROBE_TASKS = 8
+#: until then, a chunk has at most this many times as many tasks as have completed
+PROBE_GROWTH = 4
 #: an idle worker takes back a busy one's unstarted tasks if they are two or more and, when
 #: their time is known, expected to take at least this long (else the round trip costs
 #: more than it saves)
@@ -965,8 +968,16 @@ class _Pool:
             self.progress[w.slot * worker.SLOT_FIELDS + worker.YIELD] = 0
         if count < len(piece.indices):
             self.give_back(piece, piece.indices[count:], split=asked)
-            if not count:
-                return
+        if count:
+            self.settle(piece, count, data, (seconds, timed), size)
+        w.retiring = w.retiring or bool(retiring)
+        if w.recycling and not w.inflight:
+            self.release(w)
+
+    def settle(self, piece: _Piece, count: int, data: bytes, measured: tuple[float, int],
+               size: int) -> None:
+        """The outcomes of the first ``count`` tasks of ``piece``, in ``data`` after the
+        DONE header (values of ``size`` bytes, then the exceptions)."""
         job = piece.job
         view = memoryview(data)
         start = worker.DONE.size
@@ -991,13 +1002,10 @@ class _Pool:
                     f"this process: {serialize.describe(error)}")
                 problem.__cause__ = error
                 errors[position] = problem
-        job.settle_piece(piece.indices[:count], values, errors, (seconds, timed),
+        job.settle_piece(piece.indices[:count], values, errors, measured,
                          plain=view[start:start + 1] != serialize.SPLIT)
         if job.run is not None:
             job.run.refill()
-        w.retiring = w.retiring or bool(retiring)
-        if w.recycling and not w.inflight:
-            self.release(w)
 
     def give_back(self, piece: _Piece, rest: Any, split: bool) -> None:
         """A worker gave back the tasks at ``rest`` of ``piece`` unstarted: queue them
@@ -1489,15 +1497,26 @@ class _Chunk:
         self.callback = callback
 
     def result(self, timeout: float | None = None) -> Any:
+        """Wait for the chunk; meanwhile read more input when the executor is short of
+        work (an iterator's items are read by this thread: :meth:`_MapRun.refill`)."""
         if self.state != _FINISHED:
             run = self.run
-            with run.chunk_lock:
-                run.waiting = self
-                try:
-                    if not run.arrived.wait_for(self.done, timeout):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                with run.chunk_lock:
+                    run.waiting = self
+                    try:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        arrived = run.arrived.wait_for(
+                            lambda: self.done() or run.hungry, left)
+                    finally:
+                        run.waiting = None
+                    if self.done():
+                        break
+                    if not arrived:
                         raise futures_TimeoutError()
-                finally:
-                    run.waiting = None
+                    run.hungry = False
+                run.fill()
             if self.state == _CANCELLED:
                 raise CancelledError()
         return self.value
@@ -1593,6 +1612,7 @@ class _MapRun:
         self.chunk_lock = threading.Lock()
         self.arrived = threading.Condition(self.chunk_lock)
         self.waiting: _Chunk | None = None
+        self.hungry = False  # the executor is short of work: read more input (iterators)
         self.bar = make_bar(self.total, progress) if progress else None
         pool.maps.add(self)
 
@@ -1621,6 +1641,10 @@ class _MapRun:
         if self.per_task is not None:
             per_task = max(self.per_task, 1e-7)
             size = int(CHUNK_SECONDS / per_task)
+            if self.total is not None:
+                # and at least four chunks per worker (as Pool makes them): while the
+                # workers run some, the parent pickles the next and unpickles the last
+                size = min(size, -(-self.total // (4 * workers)))
             # once what is left is no more than a chunk per worker, it is split evenly
             # into a chunk per worker: a worker that ends early takes back what another
             # has not begun, so the end needs no tail of small chunks (they would cost
@@ -1632,10 +1656,10 @@ class _MapRun:
                     size = min(size, self.tail)
             if self.sequences is None:  # read into memory ahead of its turn: bounded
                 size = min(size, MAX_CHUNK_TASKS)
-        else:  # probing: one task per worker first, then as many as have completed, in
-            # chunks that the first measurements expect to be short; no worker takes more
-            # than its share of a short input (the others would wait while it runs them)
-            size = max(1, self.completed)
+        else:  # probing: one task per worker first, then up to four times as many as have
+            # completed, in chunks that the first measurements expect to be short; no
+            # worker takes more than its share of a short input (the others would wait)
+            size = max(1, PROBE_GROWTH * self.completed)
             guess = self.guess()
             if guess:
                 size = min(size, max(1, int(CHUNK_SECONDS / guess)))
@@ -1659,8 +1683,18 @@ class _MapRun:
     def refill(self) -> None:
         """The same, from the manager thread as a chunk completes, for input that needs
         no reading (lists, tuples, ranges): the workers need not wait for the consuming
-        thread to wake up and take its turn."""
-        if self.sequences is None or self.buffersize is not None:
+        thread to wake up and take its turn.  An iterator is read by the consuming thread
+        alone (its code may be slow, or not thread-safe): if the executor has no work
+        queued, that thread is woken to read more, even while it waits for an earlier
+        chunk that runs long."""
+        if self.buffersize is not None:
+            return
+        if self.sequences is None:
+            if not self.exhausted and not self.closed and not self.pool.queue:
+                with self.chunk_lock:
+                    self.hungry = True
+                    if self.waiting is not None:
+                        self.arrived.notify()
             return
         pieces = self.locked_new_pieces()
         if pieces:

@@ -458,7 +458,7 @@ def test_automatic_chunks_aim_at_a_time_and_take_at_most_a_worker_share():
     run.pool, run.chunksize, run.per_task, run.tail = FakePool(), None, 1e-7, None
     run.sequences = ([],)  # a list: sliced when sent, chunks need no bound in memory
     sizes = []
-    run.remaining = 10_300_000
+    run.remaining = run.total = 10_300_000
     while run.remaining > 0:
         size = min(run.next_size(), run.remaining)
         sizes.append(size)
@@ -468,9 +468,13 @@ def test_automatic_chunks_aim_at_a_time_and_take_at_most_a_worker_share():
     assert sizes == sorted(sizes, reverse=True)
     tail = [size for size in sizes if size != chunk]
     assert tail == [400_000, 400_000], sizes  # the rest: a chunk per worker
-    run.remaining, run.tail = 1_001, None
-    assert run.next_size() == 501  # each worker's share of a short input
+    run.remaining = run.total = 1_001
+    run.tail = None
+    assert run.next_size() == 126  # a quarter of each worker's share, as Pool
+    run.remaining, run.total = 1_001, 100_000_000
+    assert run.next_size() == 501  # the rest of a long input: a chunk per worker
     run.sequences, run.remaining = None, None  # an iterator: chunks wait in memory
+    run.total = None
     assert run.next_size() == executor.MAX_CHUNK_TASKS
     run.per_task = 1.0  # long tasks: one per chunk
     run.remaining = 100
@@ -478,8 +482,9 @@ def test_automatic_chunks_aim_at_a_time_and_take_at_most_a_worker_share():
 
 
 def test_probe_chunks_start_at_one_task_and_grow_with_the_tasks_completed():
-    """Before the time per task is known, a chunk has one task, then as many as have
-    completed; the first measurements, however few, keep long tasks one per chunk."""
+    """Before the time per task is known, a chunk has one task, then up to four times as
+    many as have completed; the first measurements, however few, keep long tasks one per
+    chunk."""
     from cowmp import executor
 
     class FakePool:
@@ -492,19 +497,21 @@ def test_probe_chunks_start_at_one_task_and_grow_with_the_tasks_completed():
     run = executor._MapRun.__new__(executor._MapRun)
     run.pool, run.chunksize, run.per_task, run.fn_payload = FakePool(), None, None, b""
     run.measured, run.remaining, run.sequences = (0.0, 0.0), 1_000_000, ([],)
+    run.total = None
     run.completed, run.evidence, run.tail = 0, 0, None
     assert run.next_size() == 1
     run.completed = 2
     run.measure(2e-6, 2)  # fast, but too few tasks to trust
     assert run.per_task is None
-    assert run.next_size() == 2
+    assert run.next_size() == 2 * executor.PROBE_GROWTH
     run.completed = 6
-    assert run.next_size() == 6
+    assert run.next_size() == 6 * executor.PROBE_GROWTH
     run.measure(7e-6, 7)  # enough tasks now (decayed: 1 + 7): the time is known
     assert run.per_task is not None
-    assert run.next_size() > 6
+    assert run.next_size() > 6 * executor.PROBE_GROWTH
     slow = executor._MapRun.__new__(executor._MapRun)
     slow.pool, slow.chunksize, slow.per_task, slow.fn_payload = FakePool(), None, None, b""
+    slow.total = None
     slow.measured, slow.remaining, slow.sequences = (0.0, 0.0), 1_000, ([],)
     slow.completed, slow.evidence, slow.tail = 50, 0, None
     slow.measure(0.2, 1)  # one task took 0.2 s: chunks stay at one task
