@@ -887,7 +887,12 @@ def _pids_of(line):
 @pytest.mark.timeout(90)
 def test_ctrl_c_in_a_with_block_stops_the_workers_at_once(tmp_path):
     proc = _start_script(tmp_path, """
+        import signal
+
         if __name__ == "__main__":
+            # Ctrl-C raises KeyboardInterrupt, as in a terminal, even if whatever runs the
+            # tests ignores SIGINT (a background job does, and its children inherit that)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             with cowmp.CowProcessPoolExecutor(2) as ex:
                 print_pids(ex)
                 list(ex.map(time.sleep, [30] * 8))
