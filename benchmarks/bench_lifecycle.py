@@ -119,6 +119,11 @@ def main() -> None:
     sys.path[:0] = [HERE]
     from _common import check_cowmp, header, record, run_child
 
+    import cowmp
+
+    if cowmp.FALLBACK:
+        sys.exit("bench_lifecycle compares pools of forked workers, and cowmp falls back to "
+                 "loky's spawned workers here (no os.fork, or COWMP_FORCE_FALLBACK=1)")
     header(f"Life cycle of a pool of {args.workers} workers, median of {args.repeat} rounds "
            f"(round-robin, fresh interpreter per measurement); {args.cycles} "
            "create/map/shutdown cycles per measurement")

@@ -25,10 +25,12 @@ __all__ = ["ProcessLauncher"]
 
 
 def _worker_entry(conn: Any, slot: int, progress: Any, parent: int, setup: bytes,
-                  max_tasks: int | None) -> None:
+                  initargs: tuple, max_tasks: int | None) -> None:
     # the initializer goes through cowmp's pickler, so that a function of the main
-    # script is the re-imported module's own (its globals are those the tasks see)
-    initializer, initargs = serialize.loads(setup)
+    # script is the re-imported module's own (its globals are those the tasks see); its
+    # arguments are the process's, pickled by the context as it starts it, which is what
+    # lets them hold locks, events and queues of that context
+    initializer = serialize.loads(setup)
     worker.run_worker(conn, slot, progress, parent, initializer, initargs, max_tasks,
                       forked=False)
 
@@ -51,9 +53,9 @@ class ProcessLauncher:
                  max_tasks: int | None) -> None:
         self.ctx = ctx
         self.progress = progress
-        self.setup = serialize.dumps((initializer, initargs),
-                                     serialize.Snapshot.take(by_reference=False),
-                                     "the initializer and its arguments")
+        self.setup = serialize.dumps(initializer, serialize.Snapshot.take(by_reference=False),
+                                     "the initializer")
+        self.initargs = initargs
         self.max_tasks = max_tasks
         self.processes: dict[_Sentinel, Any] = {}
         self.pending: collections.deque[tuple] = collections.deque()
@@ -66,7 +68,8 @@ class ProcessLauncher:
         handles.opened(ours, theirs)
         process = self.ctx.Process(
             target=_worker_entry,
-            args=(theirs, slot, self.progress, os.getpid(), self.setup, self.max_tasks),
+            args=(theirs, slot, self.progress, os.getpid(), self.setup, self.initargs,
+                  self.max_tasks),
             daemon=True,
             name=f"CowPoolWorker-{self.spawned}",
         )

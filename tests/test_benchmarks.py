@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, requires_fork
 
 
 def test_run_all_writes_results_with_figures_and_a_chart(tmp_path):
@@ -37,6 +37,7 @@ def test_run_all_rejects_an_unknown_benchmark(tmp_path):
     assert not (tmp_path / "R.md").exists()
 
 
+@requires_fork
 def test_run_all_measures_the_executor_life_cycle_and_the_shapes_of_work(tmp_path):
     out_file = tmp_path / "RESULTS.md"
     run = subprocess.run(

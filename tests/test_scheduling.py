@@ -18,7 +18,7 @@ from conftest import requires_fork, wait_for
 import cowmp
 from cowmp import CowProcessPoolExecutor
 
-#: set by a test before it creates its executor, whose workers inherit it
+#: set in the workers by an initializer
 EVENT = None
 
 
@@ -60,12 +60,22 @@ def test_the_first_tasks_of_a_map_go_one_per_worker():
 def test_an_idle_worker_takes_back_the_unstarted_tasks_of_a_busy_one():
     # two chunks of ten: the second (1 ms tasks) is done long before the first (0.1 s
     # tasks) has run two; the worker left idle takes back what the other has not begun
+    import functools
+
     with CowProcessPoolExecutor(max_workers=2) as ex:
+        # both workers up first (a spawned one takes a while): then the first chunk
+        # cannot be half done before the other worker exists
+        assert len({pid for _, pid in ex.map(functools.partial(nap_pid, 0.3), range(2))}) == 2
         pids = list(ex.map(slow_head, range(20), chunksize=10))
     slow, fast = pids[:10], pids[10:]
     assert len(set(fast)) == 1
     assert fast[0] in slow[1:], pids  # some of the slow chunk ran on the other worker
     assert slow[0] != fast[0]
+
+
+def _set_event(event):
+    global EVENT
+    EVENT = event
 
 
 @pytest.mark.timeout(120)
@@ -74,14 +84,11 @@ def test_nothing_waits_behind_a_task_that_runs_far_longer_than_the_others():
     # (prefetched) would never run, and the map would hang
     import functools
 
-    global EVENT
-    EVENT = cowmp.get_context("cowfork").Event()
-    try:
-        with CowProcessPoolExecutor(max_workers=2) as ex:
-            results = list(ex.map(functools.partial(waits_for_the_last, 300), range(300),
-                                  timeout=60))
-    finally:
-        EVENT = None
+    event = cowmp.get_context("cowfork").Event()
+    with CowProcessPoolExecutor(max_workers=2, initializer=_set_event,
+                                initargs=(event,)) as ex:
+        results = list(ex.map(functools.partial(waits_for_the_last, 300), range(300),
+                              timeout=60))
     assert results == list(range(300))
 
 
@@ -270,3 +277,19 @@ def test_outcomes_held_back_wait_only_for_pieces_known_to_be_short(bare_worker, 
     else:  # sent before the long piece began
         assert first == [(301, 1)] and waited < 2.5
         assert _outcomes(channel, 1) == [(302, 1)]
+
+
+def _event_is_set(_):
+    return EVENT.is_set()
+
+
+@pytest.mark.timeout(120)
+def test_initializer_arguments_may_hold_the_contexts_synchronization_objects():
+    # as with ProcessPoolExecutor: a lock, event or queue of the context that starts
+    # the workers goes to them through initargs (spawned workers included)
+    ctx = cowmp.get_context("spawn")
+    event = ctx.Event()
+    event.set()
+    with CowProcessPoolExecutor(max_workers=2, mp_context=ctx, initializer=_set_event,
+                                initargs=(event,)) as ex:
+        assert list(ex.map(_event_is_set, range(4))) == [True] * 4
