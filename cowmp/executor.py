@@ -86,6 +86,9 @@ STATUS_WAIT = 5.0
 MAX_STRIKES = 2
 #: seconds ``worker_pids`` waits at most for workers being started to be known
 PID_WAIT = 5.0
+#: seconds ``shutdown(cancel_futures=True)`` waits at most for the manager thread to give
+#: idle workers what was submitted before it
+HAND_OUT_WAIT = 1.0
 #: with ``max_private_memory_per_child``, seconds between two readings of a working
 #: worker's private memory (a reading costs the kernel about 12 ms per GiB it maps)
 MEMORY_CHECK_INTERVAL = 1.0
@@ -465,6 +468,8 @@ class _Pool:
         self.waiting = False  # the manager is (about to be) blocked waiting
         self.requeue_at = 0  # where the next piece given back is queued
         self.pids_changed = threading.Condition()  # a worker's pid became known
+        # set by the manager once it has handed out what it can (shutdown waits for it)
+        self.dispatched: threading.Event | None = None
         # maps that may still read input (shutdown reads the rest of it)
         self.maps: weakref.WeakSet[_MapRun] = weakref.WeakSet()
         # measured (seconds, tasks), decayed, by pickled function, for map's chunk sizes
@@ -658,6 +663,8 @@ class _Pool:
         if not (cancel_futures or terminate):
             for run in list(self.maps):
                 run.read_all()
+        elif not terminate:
+            self.hand_out()
         with self.lock:
             self.shutdown_requested = True
             if terminate:
@@ -678,6 +685,18 @@ class _Pool:
         self.wake()
         if wait and thread is not threading.current_thread():
             thread.join()
+
+    def hand_out(self) -> None:
+        """Let the manager thread give idle workers what is queued (cancel_futures
+        cancels only what is still queued after that: as the standard executor, whose
+        manager has moved work to its call queue by then, a task submitted while a
+        worker was idle has begun)."""
+        thread = self.thread
+        if not isinstance(thread, threading.Thread) or thread is threading.current_thread():
+            return
+        dispatched = self.dispatched = threading.Event()
+        self.wake()
+        dispatched.wait(HAND_OUT_WAIT)
 
     def close_handles(self) -> None:
         """Close what the pool opened in this process (after its launcher has stopped)."""
@@ -712,6 +731,9 @@ class _Pool:
             if self.terminating:
                 self.terminate_workers()
             self.dispatch()
+            dispatched, self.dispatched = self.dispatched, None
+            if dispatched is not None:
+                dispatched.set()
             if self.finished():
                 return
             launcher_waitables = self.launcher.waitables()

@@ -293,3 +293,16 @@ def test_initializer_arguments_may_hold_the_contexts_synchronization_objects():
     with CowProcessPoolExecutor(max_workers=2, mp_context=ctx, initializer=_set_event,
                                 initargs=(event,)) as ex:
         assert list(ex.map(_event_is_set, range(4))) == [True] * 4
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_cancelling_futures_lets_idle_workers_start_what_was_submitted():
+    # as with the standard executor, whose manager has moved work to its call queue:
+    # tasks submitted while workers were idle have begun; only the rest is cancelled
+    ex = CowProcessPoolExecutor(max_workers=2)
+    assert len(ex.worker_pids) == 2
+    futures = [ex.submit(time.sleep, 0.3) for _ in range(10)]
+    ex.shutdown(cancel_futures=True)
+    begun = [f for f in futures if not f.cancelled()]
+    assert len(begun) == 2, [f._state for f in futures]
+    assert all(f.done() and f.exception() is None for f in begun)
