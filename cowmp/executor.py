@@ -55,6 +55,9 @@ CHUNK_SECONDS = 0.05
 PREFETCH_PIECES = 16
 PREFETCH_BYTES = 128 * 1024  # well under a socket's default buffer (208 KiB)
 PREFETCH_SECONDS = 1.5 * CHUNK_SECONDS
+#: ... and only behind a piece expected to take at most this long (a longer one may hide
+#: a slow task, behind which a queued piece would wait)
+PREFETCH_BEHIND_SECONDS = 0.002
 #: map tasks measured shorter than this run without recording each start (it would cost
 #: about as much as the task); a worker crash then reruns that chunk, recorded
 UNTRACKED_TASK_SECONDS = 20e-6
@@ -872,11 +875,12 @@ class _Pool:
         return tasks, target
 
     def on_time(self, w: _Worker) -> bool:
-        """May pieces wait behind ``w``'s running one?  Not behind a piece of unknown
-        length, nor one running past twice its expected time (a task far longer than
-        its map's others): a waiting piece can only be taken back between two tasks."""
+        """May pieces wait behind ``w``'s running one?  Only behind a short piece (a
+        round trip would cost about as much as it), and not one running past twice its
+        expected time: a piece queued behind a task far longer than its map's others
+        could only be taken back once that task ends."""
         running = w.inflight[0]
-        if not running.estimate:
+        if not 0 < running.estimate <= PREFETCH_BEHIND_SECONDS:
             return False
         slot = self.read_slot(w.slot)
         if slot is None or slot[0] != running.id:
