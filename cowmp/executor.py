@@ -294,7 +294,7 @@ class _Piece:
         self.tracked = False  # decided when it is pickled
         self.payload: tuple[bytes, ...] | None = None
         self.size = 0  # of the payload
-        self.estimate = 0.0  # seconds it is expected to take, when it is sent
+        self.estimate = 0.0  # seconds it is expected to take (when it is pickled)
         # worker deaths its tasks were in flight at, not provably finished (see recover)
         self.strikes = strikes
 
@@ -307,10 +307,10 @@ class _Piece:
     def set_payload(self, tasks: bytes, kwargs: bytes = b"") -> None:
         job = self.job
         self.tracked = self.track or job.tracking()
-        estimate = job.estimate(len(self.indices))
+        self.estimate = job.estimate(len(self.indices))
         flags = ((worker.STAR if job.star else 0) | (worker.TIMED if job.timeout else 0)
                  | (worker.TRACKED if self.tracked else 0)
-                 | (worker.SHORT if 0 < estimate < worker.HOLD_SECONDS else 0))
+                 | (worker.SHORT if 0 < self.estimate < worker.HOLD_SECONDS else 0))
         function = job.fn_payload
         header = worker.HEADER.pack(self.id, len(self.indices), flags, len(function),
                                     len(kwargs))
@@ -342,7 +342,6 @@ class _Worker:
         self.yielding: int | None = None  # the piece asked back (worker.YIELD), if any
 
     def add(self, piece: _Piece) -> None:
-        piece.estimate = piece.job.estimate(len(piece.indices))
         self.inflight.append(piece)
         self.inflight_bytes += piece.size
         self.inflight_seconds += piece.estimate
@@ -697,7 +696,8 @@ class _Pool:
         thread = self.thread
         if not isinstance(thread, threading.Thread) or thread is threading.current_thread():
             return
-        dispatched = self.dispatched = threading.Event()
+        with self.lock:  # a shutdown in another thread may have asked already
+            dispatched = self.dispatched = self.dispatched or threading.Event()
         self.wake()
         dispatched.wait(HAND_OUT_WAIT)
 
@@ -729,7 +729,7 @@ class _Pool:
 
     def loop(self) -> None:
         while True:
-            while self.launcher.has_event():
+            while self.launcher.has_event():  # before dispatch: replacements' pids too
                 self.handle_event(self.launcher.read_event())
             if self.terminating:
                 self.terminate_workers()
@@ -761,8 +761,6 @@ class _Pool:
                     self.worker_message(by_conn[obj])
                 elif obj in launcher_waitables:
                     self.launcher_event(obj)
-            while self.launcher.has_event():
-                self.handle_event(self.launcher.read_event())
             self.check_deadlines()
             self.check_memory()
 
@@ -927,7 +925,7 @@ class _Pool:
         count, size, seconds = w.prefetched()
         return (count < PREFETCH_PIECES
                 and size + piece.size <= PREFETCH_BYTES
-                and seconds + piece.job.estimate(len(piece.indices)) <= PREFETCH_SECONDS)
+                and seconds + piece.estimate <= PREFETCH_SECONDS)
 
     def fit_quota(self, piece: _Piece, room: int) -> None:
         """A worker replaced after ``max_tasks_per_child`` tasks takes no more than that:

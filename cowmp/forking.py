@@ -203,10 +203,10 @@ def protocol_fork(*, bare: bool, stacklevel: int, collect: bool = True) -> int:
 def fork_children(count: int, *, bare: bool, stacklevel: int,
                   collect: bool = True) -> tuple[int, list[int]]:
     """Fork ``count`` children one right after the other, under one protocol section:
-    returns ``(n, earlier)`` in the n-th child, ``(-1, pids)`` in the parent.  Nothing runs
-    between the forks (each write in between would copy a page the child before shares).
-    The n-th child gets the pids of the children made before it instead of ``[]``.  If a
-    fork fails after the first, the parent gets the pids of those that were made."""
+    returns ``(n, earlier)`` in the n-th child (``earlier``: the pids of the children made
+    before it), ``(-1, pids)`` in the parent.  Nothing runs between the forks (each write
+    in between would copy a page the child before shares).  If a fork fails after the
+    first, the parent gets the pids of those that were made."""
     if not hasattr(os, "fork"):
         raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
     pids: list[int] = []
