@@ -4,9 +4,31 @@
 is here, bound to cowmp's default context, whose start method is ``"cowfork"``.  After
 ``import cowmp``, ``multiprocessing.get_context("cowfork")`` works too.
 
-Where things happen, one module each: the fork (:mod:`cowmp.forking`), the GC freeze
-(:mod:`cowmp.heap`), the exit (:mod:`cowmp.exiting`), the launch of one process
-(:mod:`cowmp.popen`), the context and its registration (:mod:`cowmp.context`).
+The design is in ``docs/design.md``; the modules, one responsibility each:
+
+=========================  ===========================================================
+the fork                   :mod:`cowmp.forking` (the one place cowmp forks)
+the GC freeze              :mod:`cowmp.heap` (the one place the GC is frozen)
+the exit                   :mod:`cowmp.exiting` (the one place a process ends)
+immortality, sharing       :mod:`cowmp.immortal`, :mod:`cowmp.sharing`
+descriptors                :mod:`cowmp.handles` (closed in every forked child)
+the context                :mod:`cowmp.context`, :mod:`cowmp.start_method`,
+                           :mod:`cowmp.popen` (one cowfork child),
+                           :mod:`cowmp.synchronize` (its semaphores)
+the standard library       :mod:`cowmp.stdlib_patches` (every change, applied here)
+no fork                    :mod:`cowmp.fallback` (loky, imported only there)
+the executor               :mod:`cowmp.executor` (public), :mod:`cowmp.pool_manager`
+                           (state, manager thread), :mod:`cowmp.dispatch`, :mod:`cowmp.jobs`,
+                           :mod:`cowmp.mapping`, :mod:`cowmp.tuning`,
+                           :mod:`cowmp.crashes`, :mod:`cowmp.limits`
+workers                    :mod:`cowmp.launchers` (the interface),
+                           :mod:`cowmp.fork_server`, :mod:`cowmp.spawn_launcher`,
+                           :mod:`cowmp.worker`, :mod:`cowmp.slots`,
+                           :mod:`cowmp.channel`, :mod:`cowmp.serialize`
+around them                :mod:`cowmp.callers` (where warnings point),
+                           :mod:`cowmp.progress_bar`, :mod:`cowmp.memory`,
+                           :mod:`cowmp.demo`, :mod:`cowmp.__main__`
+=========================  ===========================================================
 """
 
 from __future__ import annotations
@@ -15,7 +37,7 @@ import importlib
 import multiprocessing as _mp
 from types import ModuleType
 
-from . import compat as _compat
+from . import stdlib_patches as _stdlib_patches
 from .context import FALLBACK, CowForkContext, CowForkProcess
 from .context import Process as Process
 from .context import default_context as _default
@@ -28,7 +50,7 @@ from .serialize import RemoteTraceback, TaskPicklingError, TaskUnpicklingError
 from .sharing import is_shared, preload, share
 from .synchronize import ContextMismatchError
 
-_compat.install()
+_stdlib_patches.install()
 
 __version__ = "0.1.0"
 

@@ -9,18 +9,23 @@ buffer), or every result that is waiting (read into a buffer kept for the purpos
 message copied out once), where a ``Connection`` makes two calls per message and wakes
 the other side for each.  Elsewhere (Windows pipes) it falls back to the
 ``Connection``, a message at a time.
+
+:class:`Waiter` waits on many connections at once for the executor's manager thread.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import selectors
 import struct
 from collections.abc import Sequence
 from multiprocessing import connection
 from typing import Any
 
-__all__ = ["Channel", "Message"]
+from . import handles
+
+__all__ = ["Channel", "Message", "Waiter"]
 
 #: a message: bytes, or the parts it is made of, sent one after the other
 Message = bytes | Sequence[bytes]
@@ -167,3 +172,40 @@ class Channel:
                 ready.append(bytes(view[position + head:position + head + size]))
                 position += head + size
         return position
+
+
+class Waiter:
+    """``multiprocessing.connection.wait`` with a persistent selector where there is one
+    (POSIX): registrations change only when the set of connections does.  A connection
+    is unregistered (:meth:`forget`) before it is closed: the kernel's epoll set would
+    otherwise keep it while a forked process holds a copy."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector() if os.name == "posix" else None
+        if self.selector is not None:
+            handles.opened(self.selector)
+        self.registered: dict[Any, int] = {}
+
+    def wait(self, objects: list, timeout: float | None) -> list:
+        if self.selector is None:  # pragma: no cover - Windows
+            return connection.wait(objects, timeout)
+        wanted = set(objects)
+        for obj in [o for o in self.registered if o not in wanted]:
+            self.forget(obj)
+        for obj in objects:
+            if obj not in self.registered:
+                fd = int(obj) if isinstance(obj, int) else obj.fileno()
+                self.selector.register(fd, selectors.EVENT_READ, obj)
+                self.registered[obj] = fd
+        return [key.data for key, _ in self.selector.select(timeout)]
+
+    def forget(self, obj: Any) -> None:
+        fd = self.registered.pop(obj, None)
+        if fd is not None and self.selector is not None:
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def close(self) -> None:
+        handles.close(self.selector)

@@ -6,40 +6,38 @@ processes are forked (with the protocol of :mod:`cowmp.forking`), and every fact
 Where ``os.fork`` is missing, or ``COWMP_FORCE_FALLBACK=1``, the same context starts
 processes through loky instead (:mod:`cowmp.fallback`).
 
-Importing cowmp registers ``"cowfork"`` (and loky's ``"loky"``) with multiprocessing, so
+Importing cowmp registers ``"cowfork"`` with multiprocessing, so
 ``multiprocessing.get_context("cowfork")`` and ``set_start_method("cowfork")`` work, and
-teaches the standard library's checks for the name ``"fork"`` about it
-(:mod:`cowmp.compat`).  It changes no default: ``multiprocessing``'s own default start
-method stays what it was; cowmp's default (``cowmp.Process``, ``cowmp.Queue``...) is
-``"cowfork"``.
+teaches the standard library's checks for the name ``"fork"`` about it; both are done by
+:mod:`cowmp.stdlib_patches`, this module only defines.  It changes no default:
+``multiprocessing``'s own default start method stays what it was; cowmp's default
+(``cowmp.Process``, ``cowmp.Queue``...) is ``"cowfork"``.  ``cowmp.get_context("loky")``
+imports loky's context on demand (docs/design.md §6).
 """
 
 from __future__ import annotations
 
-import sys
 from multiprocessing import context as mp_context
 from multiprocessing import process
 from typing import Any
 
-from loky.backend.context import ctx_loky as _loky  # also registers the "loky" method
-
 from . import fallback
 from . import synchronize as cow_sync
+from .start_method import METHOD
 
 __all__ = [
     "FALLBACK",
+    "METHOD",
     "CowForkContext",
-    "ImportingMethodName",
     "CowForkProcess",
     "Process",
+    "cowfork_context",
     "default_context",
     "is_forking_cowfork",
 ]
 
 #: True when cowfork starts processes through loky instead of forking.
 FALLBACK: bool = fallback.fork_missing() or fallback.fallback_forced()
-
-METHOD = "cowfork"
 
 
 class CowForkProcess(process.BaseProcess):
@@ -50,7 +48,7 @@ class CowForkProcess(process.BaseProcess):
     @staticmethod
     def _Popen(process_obj: process.BaseProcess) -> Any:
         if FALLBACK:
-            return fallback.Popen(process_obj)
+            return fallback.popen_class()(process_obj)
         from .popen import Popen
 
         return Popen(process_obj)
@@ -74,32 +72,30 @@ class CowForkContext(mp_context.BaseContext):
         # loky's synchronization objects: named semaphores its resource tracker cleans up
 
         def Lock(self):  # noqa: N802 - multiprocessing's factory names
-            return _loky.Lock()
+            return fallback.loky_context().Lock()
 
         def RLock(self):  # noqa: N802
-            return _loky.RLock()
+            return fallback.loky_context().RLock()
 
         def Semaphore(self, value=1):  # noqa: N802
-            return _loky.Semaphore(value)
+            return fallback.loky_context().Semaphore(value)
 
         def BoundedSemaphore(self, value=1):  # noqa: N802
-            return _loky.BoundedSemaphore(value)
+            return fallback.loky_context().BoundedSemaphore(value)
 
         def Condition(self, lock=None):  # noqa: N802
-            return _loky.Condition(lock)
+            return fallback.loky_context().Condition(lock)
 
         def Event(self):  # noqa: N802
-            return _loky.Event()
+            return fallback.loky_context().Event()
 
         def Queue(self, maxsize=0, reducers=None):  # noqa: N802
-            from loky.backend.queues import Queue
-
-            return Queue(maxsize, reducers=reducers, ctx=self.get_context())
+            return fallback.loky_queue("Queue")(maxsize, reducers=reducers,
+                                                ctx=self.get_context())
 
         def SimpleQueue(self, reducers=None):  # noqa: N802
-            from loky.backend.queues import SimpleQueue
-
-            return SimpleQueue(reducers=reducers, ctx=self.get_context())
+            return fallback.loky_queue("SimpleQueue")(reducers=reducers,
+                                                      ctx=self.get_context())
 
     else:
 
@@ -121,22 +117,7 @@ def is_forking_cowfork(ctx: object) -> bool:
     return isinstance(ctx, CowForkContext) and ctx.forks
 
 
-_cowfork_context = CowForkContext()
-mp_context._concrete_contexts[METHOD] = _cowfork_context
-
-
-class ImportingMethodName(str):
-    """A start-method name whose unpickling imports cowmp, and so registers cowfork.
-
-    For a fresh interpreter that is told to use cowfork before it imports anything else.
-    """
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (_method_name, (str(self),))
-
-
-def _method_name(name: str) -> str:
-    return name
+cowfork_context = CowForkContext()
 
 
 class Process(process.BaseProcess):
@@ -158,6 +139,13 @@ class CowDefaultContext(mp_context.DefaultContext):
 
     Process = Process
 
+    def get_context(self, method: str | None = None) -> mp_context.BaseContext:
+        """As multiprocessing's; ``"loky"`` imports loky's context first (cowmp does not
+        import loky where fork exists until it is asked for)."""
+        if method == "loky":
+            fallback.loky_context()
+        return super().get_context(method)
+
     def get_all_start_methods(self) -> list[str]:
         """The supported start methods, cowmp's default first."""
         methods = [self.get_start_method(allow_none=False), METHOD]
@@ -166,12 +154,7 @@ class CowDefaultContext(mp_context.DefaultContext):
         return list(dict.fromkeys(methods))
 
 
-default_context = CowDefaultContext(_cowfork_context)
-
-
-if sys.platform != "win32":
-    cow_sync.register_reducers()
-fallback.register_loky_reducers()
+default_context = CowDefaultContext(cowfork_context)
 
 
 def __getattr__(name: str) -> Any:

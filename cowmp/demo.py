@@ -110,14 +110,10 @@ def _worker(objects: int | None, messages: Any, release: Any) -> None:
 
 
 def _context(method: str) -> Any:
-    if method == "cowfork":
-        import cowmp
+    if method in ("cowfork", "loky"):  # cowmp's get_context imports loky when asked
+        from .context import default_context
 
-        return cowmp.get_context("cowfork")
-    if method == "loky":
-        from loky.backend.context import get_context
-
-        return get_context("loky")
+        return default_context.get_context(method)
     return multiprocessing.get_context(method)
 
 

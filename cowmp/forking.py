@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from multiprocessing import process, util
 from multiprocessing import queues as mp_queues
 
-from . import exiting, handles, heap
+from . import callers, exiting, handles, heap
 
 __all__ = ["ForkWithThreadsWarning", "fork", "fork_children", "install_fork_hooks",
            "own_thread", "quiesced"]
@@ -124,9 +124,10 @@ def _fork_safe(thread: threading.Thread) -> bool:
     return getattr(thread, "_target", None) is mp_queues.Queue._feed
 
 
-def warn_if_threads(stacklevel: int = 3, held: set[threading.Thread] = frozenset()) -> bool:
+def warn_if_threads(held: set[threading.Thread] = frozenset()) -> bool:
     """Warn, naming them, if threads other than the calling one are alive (other than
-    ``held``, cowmp's own threads that :func:`quiesced` holds).  True if it warned."""
+    ``held``, cowmp's own threads that :func:`quiesced` holds).  True if it warned.  The
+    warning points at the user's line that led to the fork (:mod:`cowmp.callers`)."""
     current = threading.current_thread()
     alive = [t for t in threading.enumerate() if t is not current and t.is_alive()]
     others = [t for t in alive if not _fork_safe(t) and t not in held]
@@ -147,7 +148,7 @@ def warn_if_threads(stacklevel: int = 3, held: set[threading.Thread] = frozenset
             "deadlock (in logging, queues, allocators...). Start processes before starting "
             "threads.",
             ForkWithThreadsWarning,
-            stacklevel=stacklevel,
+            stacklevel=callers.stacklevel(),
         )
     except ForkWithThreadsWarning as error:
         # The warning is configured as an error.  Raised in a library's own thread (the
@@ -187,21 +188,20 @@ def fork() -> int:
     globals it inherited are pinned first (:func:`cowmp.exiting.pin_inherited_heap`), so
     the teardown does not walk and copy the inherited heap; the exit code is unchanged.
     """
-    pid = protocol_fork(bare=True, stacklevel=3)
+    pid = protocol_fork(bare=True)
     if pid == 0:
         atexit.register(exiting.pin_inherited_heap)
     return pid
 
 
-def protocol_fork(*, bare: bool, stacklevel: int, collect: bool = True) -> int:
+def protocol_fork(*, bare: bool, collect: bool = True) -> int:
     """Fork with the protocol.  ``bare``: the child is not a multiprocessing Process.
     ``collect=False``: the heap is frozen, never collected (see heap.freeze_for_fork)."""
-    index, pids = fork_children(1, bare=bare, stacklevel=stacklevel + 1, collect=collect)
+    index, pids = fork_children(1, bare=bare, collect=collect)
     return 0 if index == 0 else pids[0]
 
 
-def fork_children(count: int, *, bare: bool, stacklevel: int,
-                  collect: bool = True) -> tuple[int, list[int]]:
+def fork_children(count: int, *, bare: bool, collect: bool = True) -> tuple[int, list[int]]:
     """Fork ``count`` children one right after the other, under one protocol section:
     returns ``(n, earlier)`` in the n-th child (``earlier``: the pids of the children made
     before it), ``(-1, pids)`` in the parent.  Nothing runs between the forks (each write
@@ -211,7 +211,7 @@ def fork_children(count: int, *, bare: bool, stacklevel: int,
         raise OSError("os.fork() is not available on this platform; use cowmp.get_context()")
     pids: list[int] = []
     with quiesced() as held:
-        warned = warn_if_threads(stacklevel=stacklevel + 1, held=held)
+        warned = warn_if_threads(held=held)
         heap.freeze_for_fork(collect)
         _local.in_protocol = True
         try:
@@ -244,7 +244,7 @@ def fork_children(count: int, *, bare: bool, stacklevel: int,
 
 def _hook_before() -> None:
     if not getattr(_local, "in_protocol", False):
-        warn_if_threads(stacklevel=4)
+        warn_if_threads()
         heap.freeze_for_fork()
 
 

@@ -10,8 +10,9 @@ reuses the number for a new socket, the set holds the number twice and reports t
 socket's readiness as the new one's: a read that blocks forever.
 
 So every such handle is registered here when it is opened and closed in every forked
-child at once (``os.register_at_fork``).  Handles are opened and closed under
-:data:`lock`, which every fork holds from before it until after it, so that the registry
+child at once (the at-fork hooks below, which :mod:`cowmp.stdlib_patches` registers).
+Handles are opened and closed under :data:`lock`, which every fork holds from before it
+until after it, so that the registry
 matches the descriptor table at the moment of the fork: a child never closes a number
 that the parent had already closed and reused for another descriptor.  Keep the sections
 under the lock short and free of anything that waits on another thread.
@@ -19,11 +20,11 @@ under the lock short and free of anything that waits on another thread.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
-__all__ = ["close", "lock", "opened"]
+__all__ = ["after_fork_in_child", "after_fork_in_parent", "before_fork", "close", "lock",
+           "opened"]
 
 #: held while a handle is opened or closed, and across every fork
 lock = threading.RLock()
@@ -50,7 +51,15 @@ def close(*handles: Any) -> None:
                 pass
 
 
-def _close_all_in_child() -> None:
+def before_fork() -> None:
+    lock.acquire()
+
+
+def after_fork_in_parent() -> None:
+    lock.release()
+
+
+def after_fork_in_child() -> None:
     handles = list(_handles.values())
     _handles.clear()
     for handle in handles:
@@ -59,8 +68,3 @@ def _close_all_in_child() -> None:
         except OSError:
             pass
     lock.release()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release,
-                        after_in_child=_close_all_in_child)

@@ -227,3 +227,14 @@ def after_fork_in_child() -> None:
     _state.froze = True
     _state.blocks_after_full = sys.getallocatedblocks()
     gc.enable()
+
+
+def __getattr__(name: str) -> object:
+    """The rest of ``multiprocessing.heap`` (Arena, BufferWrapper...): with
+    ``import cowmp as multiprocessing``, ``multiprocessing.heap`` is this module."""
+    from multiprocessing import heap as mp_heap
+
+    try:
+        return getattr(mp_heap, name)
+    except AttributeError:
+        raise AttributeError(f"module 'cowmp.heap' has no attribute {name!r}") from None

@@ -40,13 +40,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
-import os
 import sys
 import sysconfig
 import types
 import warnings
 import weakref
 from typing import Any, NamedTuple
+
+from . import callers
 
 try:
     from . import _immortal  # type: ignore[attr-defined]
@@ -60,7 +61,6 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 CAN_IMMORTALIZE = sys.version_info >= (3, 12) and sys.maxsize > 2**32 and not FREE_THREADED
 #: reference counts from this value up are immortal (bit 31 of the 32-bit count)
 _IMMORTAL_FROM = 1 << 31
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: the program, not its data: neither made immortal nor entered (types and modules too)
 EXCLUDED_TYPES: tuple[type, ...] = tuple(dict.fromkeys((
@@ -107,14 +107,11 @@ def _why_not_immortal() -> str:
 
 @functools.cache
 def _warn_once() -> None:
-    level, frame = 2, sys._getframe(1)  # the warning points at the caller of cowmp
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
     warnings.warn(
         f"cowmp.share(): {_why_not_immortal()}, so forked children that read shared "
         "data still copy its pages (every read writes a reference count). The data is "
         "frozen for the garbage collector and sent to workers by reference.",
-        SharingWarning, stacklevel=level)
+        SharingWarning, stacklevel=callers.stacklevel())
 
 
 def prepare(obj: object, immortalize: bool | None = None) -> Walked:

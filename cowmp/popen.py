@@ -34,7 +34,7 @@ class Popen(popen_fork.Popen):
         parent_r, child_w = os.pipe()
         child_r, parent_w = os.pipe()
         try:
-            self.pid = forking.protocol_fork(bare=False, stacklevel=6)
+            self.pid = forking.protocol_fork(bare=False)
         except BaseException:
             for fd in (parent_r, child_w, child_r, parent_w):
                 os.close(fd)

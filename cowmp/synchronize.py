@@ -108,8 +108,8 @@ SEMLOCK_CLASSES: tuple[type, ...] = (
 def register_reducers() -> None:
     """Install :func:`check_semlock_portable` in the pickler that starts processes.
 
-    loky's pickler gets it too: :func:`cowmp.fallback.register_loky_reducers` mirrors
-    every ``ForkingPickler`` registration into it.
+    loky's pickler gets it too: :mod:`cowmp.stdlib_patches` mirrors every
+    ``ForkingPickler`` registration into it once loky is in use.
     """
     from multiprocessing.reduction import ForkingPickler
 

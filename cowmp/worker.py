@@ -17,21 +17,19 @@ Messages on the worker's connection:
   piece even when nothing else of the message can be unpickled.  Messages go several
   per write when they are short (:mod:`cowmp.channel`).
 
-Before each item the worker writes ``(piece_id, index, start time)`` into its slot of a
-shared progress array, and ``index = sending(count)`` once it stops running the piece's
-tasks (``count`` of them ran): if it dies, the parent knows which task it was running
-(that task alone fails), whether it died sending the outcomes, and since when a task runs
-(per-task timeouts), without a message per task.
-
-The slot's fourth field is the parent's: a piece id it wants back (:data:`YIELD` field,
-written when another worker is idle).  The worker looks at it before it starts a piece
-and, for tasks recorded one by one, before each task.  When it names the piece at hand,
-the worker stops there: its DONE message carries the outcomes of the tasks that ran
-(perhaps none), and every piece that has already arrived behind it comes back with a DONE
-of no task.  The parent sends nothing more to a worker it asked to yield until that piece's
-DONE arrives, so what has arrived is everything it sent; it then runs the unstarted tasks
-elsewhere.  Nothing runs twice: the parent acts on what the worker reports, not on what it
-read in the slot.
+Before each task (or piece, for tasks too short to record one by one) the worker
+records where it is in its slot of a shared array (:mod:`cowmp.slots`, which holds the
+protocol, the writer's side and the reader's side together): if it dies, the parent
+knows which task it was running (that task alone fails), whether it died sending the
+outcomes, and since when a task runs (per-task timeouts), without a message per task.
+The slot's last field is the parent's: a piece it wants back.  The worker looks at it
+before it starts a piece and, for tasks recorded one by one, before each task.  When it
+names the piece at hand, the worker stops there: its DONE message carries the outcomes
+of the tasks that ran (perhaps none), and every piece that has already arrived behind it
+comes back with a DONE of no task (:func:`_give_back`).  The parent sends nothing more
+to a worker it asked to yield until that piece's DONE arrives, so what has arrived is
+everything it sent; it then runs the unstarted tasks elsewhere.  Nothing runs twice: the
+parent acts on what the worker reports, not on what it read in the slot.
 """
 
 from __future__ import annotations
@@ -48,12 +46,11 @@ from collections.abc import Callable
 from multiprocessing import process as mp_process
 from typing import Any
 
-from . import exiting, handles, serialize
+from . import exiting, handles, serialize, slots
 from .channel import Channel
 
-__all__ = ["DONE", "HEADER", "INIT_FAILED", "READING", "READY", "SHORT", "SLOT_FIELDS",
-           "STAR", "TIMED", "TRACKED", "UNTRACKED", "YIELD", "run_worker", "sending",
-           "sent_count"]
+__all__ = ["DONE", "DONE_KIND", "HEADER", "HOLD_SECONDS", "INIT_FAILED", "READY", "SHORT",
+           "STAR", "TIMED", "TRACKED", "prepare_parent_watch", "run_worker"]
 
 #: piece id, number of tasks, flags, sizes of the pickled function and keyword arguments
 HEADER = struct.Struct("!qIBII")
@@ -67,34 +64,9 @@ READY, INIT_FAILED, DONE_KIND = b"R", b"I", b"D"
 #: parent expects the piece to take less than HOLD_SECONDS (outcomes held back may wait
 #: for it, and for no other piece)
 STAR, TIMED, TRACKED, SHORT = 1, 2, 4, 8
-#: the index recorded for a piece whose tasks are not recorded one by one, and for a
-#: piece that is being read (unpickled)
-UNTRACKED, READING = -1, -2
-#: indices from this one down: the piece's tasks have stopped running, its outcomes are
-#: being sent (:func:`sending`)
-_SENDING = -3
-
-
-def sending(count: int) -> int:
-    """The index recorded once ``count`` tasks of a piece ran and their outcomes are
-    being sent."""
-    return _SENDING - count
-
-
-def sent_count(index: int) -> int | None:
-    """For an index recorded by :func:`sending`, the tasks that ran; else None."""
-    return _SENDING - index if index <= _SENDING else None
-
-
 #: outcomes held back while more pieces wait to run: at most this many, this long
 HOLD_PIECES = 16
 HOLD_SECONDS = 0.0005
-
-#: progress array fields per slot: piece id, index in the piece, start time (monotonic),
-#: and the id of a piece the parent wants back (at offset YIELD)
-SLOT_FIELDS = 4
-YIELD = 3
-
 
 _prctl: Any = None
 
@@ -236,8 +208,8 @@ def _unpickling_error(what: str, error: BaseException) -> serialize.TaskUnpickli
     return problem
 
 
-def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int, clock: _BusyClock,
-                yield_at: int, piece_id: int) -> tuple[list, dict, tuple | None]:
+def _run_simple(fn: Any, arg_list: list, slot: slots.Writer, clock: _BusyClock,
+                piece_id: int) -> tuple[list, dict, tuple | None]:
     """``fn(arg)`` for each argument: the tight loop of ``map`` over one iterable.  Also
     returns the clock's mark at the end of the first task (None if there is one task).
     Stops before a task if the parent wants the rest of the piece back (fewer values)."""
@@ -246,15 +218,16 @@ def _run_simple(fn: Any, arg_list: list, slots: Any, index_at: int, clock: _Busy
     append = values.append
     after_first = None
     start = 0
+    array, index_at, yield_at = slot.slots, slot.index_at, slot.yield_at
     while True:
         try:
             for index in range(start, len(arg_list)):
                 if index:
-                    if slots[yield_at] == piece_id:
+                    if array[yield_at] == piece_id:
                         return values, errors, after_first
                     if index == 1:
                         after_first = clock.now()
-                slots[index_at] = index
+                array[index_at] = index
                 append(fn(arg_list[index]))
             return values, errors, after_first
         except BaseException as error:  # noqa: BLE001 - reported to the caller
@@ -280,7 +253,7 @@ def _run_untracked(fn: Any, arg_list: list, star: int) -> tuple[list, dict]:
 
 
 def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
-                 slots: Any, id_at: int, clock: _BusyClock,
+                 slot: slots.Writer, clock: _BusyClock,
                  piece_id: int) -> tuple[list, dict, tuple | None]:
     """Any task, with keyword arguments, timed: as :func:`_run_simple`."""
     values: list = []
@@ -288,16 +261,16 @@ def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
     after_first = None
     timed = flags & TIMED
     star = flags & STAR
-    index_at, start_at, yield_at = id_at + 1, id_at + 2, id_at + YIELD
+    array, index_at, start_at = slot.slots, slot.index_at, slot.start_at
     for index, args in enumerate(arg_list):
         if index:
-            if slots[yield_at] == piece_id:
+            if slot.wanted_back(piece_id):
                 break
             if index == 1:
                 after_first = clock.now()
         if timed:
-            slots[start_at] = time.monotonic()
-        slots[index_at] = index
+            array[start_at] = time.monotonic()
+        array[index_at] = index
         try:
             if not star:
                 values.append(fn(args))
@@ -347,7 +320,7 @@ class _ExecutorProcess(mp_process._ParentProcess):  # type: ignore[name-defined,
             time.sleep(0.05)
 
 
-def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
+def run_worker(conn: Any, slot: int, slot_array: Any, parent: int | None,
                initializer: Callable[..., object] | None, initargs: tuple,
                max_tasks: int | None, *, forked: bool = True, name: str | None = None,
                owner: int | None = None, method: str | None = None) -> None:
@@ -379,7 +352,7 @@ def run_worker(conn: Any, slot: int, progress: Any, parent: int | None,
                 code = 1
                 return
         channel.send([READY])
-        _serve(channel, memoryview(progress).cast("B").cast("d"), slot * SLOT_FIELDS,
+        _serve(channel, slots.Writer(memoryview(slot_array).cast("B").cast("d"), slot),
                max_tasks, snapshot)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the executor closed our connection: it is done with us
@@ -438,10 +411,9 @@ class _Reader:
         return fn, arg_list, kwarg_dicts, star or bool(failed)
 
 
-def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
+def _serve(channel: Channel, slot: slots.Writer, max_tasks: int | None,
            snapshot: serialize.Snapshot) -> None:
     """Run pieces until the executor closes the connection or ``max_tasks`` are done."""
-    index_at, start_at, yield_at = id_at + 1, id_at + 2, id_at + YIELD
     done = 0
     reader = _Reader()
     clock = _BusyClock()
@@ -452,12 +424,9 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
         except (EOFError, OSError):
             return  # the executor is done with us
         piece_id, count, flags, fn_size, kw_size = HEADER.unpack_from(data)
-        # the parent reads id, index, start: written start first, id last
-        slots[start_at] = time.monotonic()
-        slots[index_at] = READING
-        slots[id_at] = piece_id
-        if slots[yield_at] == piece_id:  # wanted back before it began
-            slots[index_at] = sending(0)
+        slot.begin(piece_id)
+        if slot.wanted_back(piece_id):  # before it began
+            slot.record(slots.sending(0))
             _give_back(channel, outbox, piece_id, snapshot)
             continue
         if not flags & SHORT:
@@ -467,7 +436,7 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
         if star:
             flags |= STAR
         del data
-        slots[index_at] = 0 if flags & TRACKED else UNTRACKED
+        slot.record(0 if flags & TRACKED else slots.UNTRACKED)
         started = clock.now()  # the run alone: the first unpickling costs more
         # tasks recorded one by one are also timed from the end of the first: a first
         # call in a new worker costs more, and would overstate the piece's tasks
@@ -476,12 +445,11 @@ def _serve(channel: Channel, slots: Any, id_at: int, max_tasks: int | None,
             values, errors = _run_untracked(fn, arg_list, flags & STAR)
         elif flags & (TIMED | STAR):
             values, errors, after_first = _run_general(
-                fn, arg_list, kwarg_dicts, flags, slots, id_at, clock, piece_id)
+                fn, arg_list, kwarg_dicts, flags, slot, clock, piece_id)
         else:
-            values, errors, after_first = _run_simple(fn, arg_list, slots, index_at, clock,
-                                                      yield_at, piece_id)
+            values, errors, after_first = _run_simple(fn, arg_list, slot, clock, piece_id)
         ran = len(values)
-        slots[index_at] = sending(ran)  # now their outcomes are sent
+        slot.record(slots.sending(ran))  # now their outcomes are sent
         done += ran
         retiring = max_tasks is not None and done >= max_tasks
         seconds = clock.since(started)

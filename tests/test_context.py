@@ -50,6 +50,25 @@ def test_every_multiprocessing_name_is_exported():
         cowmp.nonexistent  # noqa: B018
 
 
+def test_cowmp_modules_do_not_hide_multiprocessing_submodules():
+    """``import cowmp as multiprocessing``: ``multiprocessing.<submodule>.<name>`` works
+    for every submodule, including those whose name a cowmp module has (it delegates)."""
+    import importlib
+    import pkgutil
+
+    hidden = []
+    for info in pkgutil.iter_modules(multiprocessing.__path__):
+        try:
+            standard = importlib.import_module(f"multiprocessing.{info.name}")
+        except ImportError:  # a platform's own (popen_spawn_win32...)
+            continue
+        ours = getattr(cowmp, info.name)
+        for name in getattr(standard, "__all__", []):
+            if not hasattr(ours, name):
+                hidden.append(f"{info.name}.{name}")
+    assert hidden == []
+
+
 def test_importing_cowmp_changes_no_standard_default():
     out = run_script("""
         import multiprocessing

@@ -448,76 +448,57 @@ def test_busy_clock_counts_blocked_time_as_busy():
 
 
 def test_automatic_chunks_aim_at_a_time_and_take_at_most_a_worker_share():
-    from cowmp import executor
+    from cowmp.mapping import ChunkPolicy, TaskTimes
+    from cowmp.tuning import CHUNK_SECONDS, MAX_CHUNK_TASKS
 
-    class FakePool:
-        max_workers = 2
-        max_tasks = None
-
-    run = executor._MapRun.__new__(executor._MapRun)
-    run.pool, run.chunksize, run.per_task, run.tail = FakePool(), None, 1e-7, None
-    run.sequences = ([],)  # a list: sliced when sent, chunks need no bound in memory
+    fast = TaskTimes((1e-7 * 100, 100), evidence=100)  # 0.1 µs a task, trusted
+    assert fast.per_task is not None
+    total = remaining = 10_300_000
+    policy = ChunkPolicy(workers=2, total=total)  # a list: sliced when sent, unbounded
     sizes = []
-    run.remaining = run.total = 10_300_000
-    while run.remaining > 0:
-        size = min(run.next_size(), run.remaining)
+    while remaining > 0:
+        size = min(policy.next_size(fast, completed=0, remaining=remaining), remaining)
         sizes.append(size)
-        run.remaining -= size
-    chunk = int(executor.CHUNK_SECONDS / 1e-7)  # the time aimed at
+        remaining -= size
+    chunk = int(CHUNK_SECONDS / 1e-7)  # the time aimed at
     assert sizes[0] == chunk
     assert sizes == sorted(sizes, reverse=True)
     tail = [size for size in sizes if size != chunk]
     assert tail == [400_000, 400_000], sizes  # the rest: a chunk per worker
-    run.remaining = run.total = 1_001
-    run.tail = None
-    assert run.next_size() == 126  # a quarter of each worker's share, as Pool
-    run.remaining, run.total = 1_001, 100_000_000
-    assert run.next_size() == 501  # the rest of a long input: a chunk per worker
-    run.sequences, run.remaining = None, None  # an iterator: chunks wait in memory
-    run.total = None
-    assert run.next_size() == executor.MAX_CHUNK_TASKS
-    run.per_task = 1.0  # long tasks: one per chunk
-    run.remaining = 100
-    assert run.next_size() == 1
+    # a quarter of each worker's share, as Pool
+    assert ChunkPolicy(workers=2, total=1_001).next_size(fast, 0, 1_001) == 126
+    # the rest of a long input: a chunk per worker
+    assert ChunkPolicy(workers=2, total=100_000_000).next_size(fast, 0, 1_001) == 501
+    iterator = ChunkPolicy(workers=2, in_memory=True)  # chunks wait in memory: bounded
+    assert iterator.next_size(fast, 0, None) == MAX_CHUNK_TASKS
+    slow = TaskTimes((1.0 * 100, 100), evidence=100)  # long tasks: one per chunk
+    assert iterator.next_size(slow, 0, 100) == 1
+    assert ChunkPolicy(workers=2, chunksize=7).next_size(slow, 0, 100) == 7
+    assert ChunkPolicy(workers=2, max_tasks=3).next_size(fast, 0, None) == 3
 
 
 def test_probe_chunks_start_at_one_task_and_grow_with_the_tasks_completed():
     """Before the time per task is known, a chunk has one task, then up to four times as
     many as have completed; the first measurements, however few, keep long tasks one per
     chunk."""
-    from cowmp import executor
+    from cowmp.mapping import ChunkPolicy, TaskTimes
+    from cowmp.tuning import PROBE_GROWTH
 
-    class FakePool:
-        max_workers = 2
-        max_tasks = None
-
-        def remember_task_seconds(self, fn_payload, seconds):
-            pass
-
-    run = executor._MapRun.__new__(executor._MapRun)
-    run.pool, run.chunksize, run.per_task, run.fn_payload = FakePool(), None, None, b""
-    run.measured, run.remaining, run.sequences = (0.0, 0.0), 1_000_000, ([],)
-    run.total = None
-    run.completed, run.evidence, run.tail = 0, 0, None
-    assert run.next_size() == 1
-    run.completed = 2
-    run.measure(2e-6, 2)  # fast, but too few tasks to trust
-    assert run.per_task is None
-    assert run.next_size() == 2 * executor.PROBE_GROWTH
-    run.completed = 6
-    assert run.next_size() == 6 * executor.PROBE_GROWTH
-    run.measure(7e-6, 7)  # enough tasks now (decayed: 1 + 7): the time is known
-    assert run.per_task is not None
-    assert run.next_size() > 6 * executor.PROBE_GROWTH
-    slow = executor._MapRun.__new__(executor._MapRun)
-    slow.pool, slow.chunksize, slow.per_task, slow.fn_payload = FakePool(), None, None, b""
-    slow.total = None
-    slow.measured, slow.remaining, slow.sequences = (0.0, 0.0), 1_000, ([],)
-    slow.completed, slow.evidence, slow.tail = 50, 0, None
+    policy = ChunkPolicy(workers=2)
+    times = TaskTimes()
+    assert policy.next_size(times, completed=0, remaining=1_000_000) == 1
+    times.measure(2e-6, 2)  # fast, but too few tasks to trust
+    assert times.per_task is None
+    assert policy.next_size(times, 2, 1_000_000) == 2 * PROBE_GROWTH
+    assert policy.next_size(times, 6, 1_000_000) == 6 * PROBE_GROWTH
+    times.measure(7e-6, 7)  # enough tasks now (decayed: 1 + 7): the time is known
+    assert times.per_task is not None
+    assert policy.next_size(times, 6, 1_000_000) > 6 * PROBE_GROWTH
+    slow = TaskTimes()
     slow.measure(0.2, 1)  # one task took 0.2 s: chunks stay at one task
-    assert slow.next_size() == 1
-    slow.measured, slow.remaining = (0.0, 0.0), 3  # a short rest: each worker's share
-    assert slow.next_size() == 2
+    assert policy.next_size(slow, 50, 1_000) == 1
+    # a short rest: each worker's share
+    assert ChunkPolicy(workers=2).next_size(TaskTimes(), 50, 3) == 2
 
 
 def _counting(consumed):
@@ -1059,7 +1040,7 @@ def test_shared_object_is_sent_by_reference():
     big = cowmp.share(list(range(2_000_000)))
     small = [1, 2, 3]
     with CowProcessPoolExecutor(max_workers=2) as ex:
-        snapshot = ex._pool.snapshot
+        snapshot = ex._pool.encoder.snapshot
 
         def captures_big():
             return sum(big), len(big)
@@ -1088,7 +1069,7 @@ def test_object_shared_after_the_executor_was_created_goes_by_value():
         late = cowmp.share(list(range(100_000)))
         if not cowmp.FALLBACK:
             payload = (_sum_len, [(late,)], None)
-            assert len(serialize.dumps(payload, ex._pool.snapshot)) > 100_000
+            assert len(serialize.dumps(payload, ex._pool.encoder.snapshot)) > 100_000
         expected = (sum(late), len(late))
         assert ex.submit(_sum_len, late).result(timeout=30) == expected
         assert ex.submit(lambda: _sum_len(late)).result(timeout=30) == expected

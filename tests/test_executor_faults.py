@@ -1437,17 +1437,17 @@ def test_a_failure_of_the_manager_thread_breaks_the_pool_with_its_cause_and_logs
         monkeypatch, caplog, tmp_path):
     """A bug in the manager thread must still end every future: BrokenProcessPool with
     the original error as __cause__, and the traceback logged."""
-    from cowmp import executor as executor_module
+    from cowmp import pool_manager
 
     armed = threading.Event()
-    check_memory = executor_module._Pool.check_memory
+    check_memory = pool_manager.Pool.check_memory
 
     def broken(self):
         if armed.is_set():
             raise ZeroDivisionError("a bug in the manager")
         check_memory(self)
 
-    monkeypatch.setattr(executor_module._Pool, "check_memory", broken)
+    monkeypatch.setattr(pool_manager.Pool, "check_memory", broken)
     ex = CowProcessPoolExecutor(2)
     pids = _ready_workers(ex)
     marks = tmp_path / "started.txt"
@@ -1505,9 +1505,9 @@ def test_an_endless_map_left_open_at_shutdown_does_not_hang_it(monkeypatch):
     """At shutdown a map reads the rest of its input, but not without end: past
     MAX_READ_AT_SHUTDOWN tasks the shutdown goes on, and the consumer gets the results
     read, then RuntimeError."""
-    from cowmp import executor as executor_module
+    from cowmp import mapping, tuning
 
-    monkeypatch.setattr(executor_module, "MAX_READ_AT_SHUTDOWN", 500)
+    monkeypatch.setattr(mapping, "MAX_READ_AT_SHUTDOWN", 500)
     started = time.monotonic()
     with CowProcessPoolExecutor(max_workers=2) as ex:
         results = ex.map(_square, itertools.count())
@@ -1519,14 +1519,14 @@ def test_an_endless_map_left_open_at_shutdown_does_not_hang_it(monkeypatch):
             got.append(value)
     assert got == [i * i for i in range(len(got))]
     # what was read ahead before the shutdown, then at most 500 more (and a chunk)
-    assert 500 <= len(got) < 500 + 2 * executor_module.MAX_READ_AHEAD_TASKS
+    assert 500 <= len(got) < 500 + 2 * tuning.MAX_READ_AHEAD_TASKS
 
 
 @pytest.mark.timeout(60)
 def test_a_long_finite_map_read_at_shutdown_loses_nothing_up_to_the_limit(monkeypatch):
-    from cowmp import executor as executor_module
+    from cowmp import mapping
 
-    monkeypatch.setattr(executor_module, "MAX_READ_AT_SHUTDOWN", 3000)
+    monkeypatch.setattr(mapping, "MAX_READ_AT_SHUTDOWN", 3000)
     with CowProcessPoolExecutor(max_workers=2) as ex:
         results = ex.map(_square, (i for i in range(2500)))
         assert next(results) == 0

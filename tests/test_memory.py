@@ -14,7 +14,7 @@ import pytest
 from conftest import requires_fork
 
 import cowmp
-import cowmp.executor
+import cowmp.limits
 from cowmp import memory
 from cowmp.__main__ import mem
 
@@ -287,7 +287,7 @@ def test_tree_names_multiprocessing_helpers():
 
 @pytest.fixture
 def quick_checks(monkeypatch):
-    monkeypatch.setattr(cowmp.executor, "MEMORY_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(cowmp.limits, "MEMORY_CHECK_INTERVAL", 0.05)
 
 
 @pytest.mark.parametrize("method", [None, "spawn"])

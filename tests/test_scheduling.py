@@ -115,10 +115,10 @@ def _ran(x):
 @pytest.fixture
 def bare_worker():
     """A worker loop in a forked child, its slot, and the parent's end of its socket."""
-    from cowmp import serialize, worker
+    from cowmp import serialize, slots, worker
     from cowmp.channel import Channel
 
-    progress = sharedctypes.RawArray("d", worker.SLOT_FIELDS)
+    progress = sharedctypes.RawArray("d", slots.SLOT_FIELDS)
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -126,7 +126,7 @@ def bare_worker():
         try:
             ours.close()
             worker._serve(Channel(Connection(theirs.detach())),
-                          memoryview(progress).cast("B").cast("d"), 0, None,
+                          slots.Writer(memoryview(progress).cast("B").cast("d"), 0), None,
                           serialize.Snapshot.take(by_reference=True))
         except BaseException:  # noqa: BLE001
             code = 1
@@ -170,42 +170,42 @@ def _outcomes(channel, pieces):
 @requires_fork
 @pytest.mark.timeout(60)
 def test_a_worker_stops_before_its_next_task_and_returns_the_pieces_behind(bare_worker):
-    from cowmp import worker
+    from cowmp import slots
 
     channel, progress = bare_worker
     channel.send([_piece(101, 10), _piece(102, 3), _piece(103, 2)])
     assert wait_for(lambda: progress[0] == 101 and progress[1] >= 1)  # task 1 running
-    progress[worker.YIELD] = 101
+    progress[slots.YIELD] = 101
     outcomes = _outcomes(channel, 3)
     (first, ran), *rest = outcomes
     assert first == 101 and 2 <= ran < 10, outcomes  # stopped before a later task
     assert rest == [(102, 0), (103, 0)]  # never begun: all given back
-    assert worker.sent_count(int(progress[1])) is not None
+    assert slots.sent_count(int(progress[1])) is not None
 
 
 @requires_fork
 @pytest.mark.timeout(60)
 def test_a_piece_asked_back_before_it_begins_is_returned_whole(bare_worker):
-    from cowmp import worker
+    from cowmp import slots
 
     channel, progress = bare_worker
-    progress[worker.YIELD] = 201
+    progress[slots.YIELD] = 201
     channel.send([_piece(201, 4), _piece(202, 4)])
     assert _outcomes(channel, 2) == [(201, 0), (202, 0)]
-    progress[worker.YIELD] = 0
+    progress[slots.YIELD] = 0
     channel.send([_piece(203, 2)])
     assert _outcomes(channel, 1) == [(203, 2)]  # and it goes on working
 
 
 def test_sending_index_round_trips():
-    from cowmp import worker
+    from cowmp import slots
 
     for count in (0, 1, 7, 1 << 20):
-        index = worker.sending(count)
-        assert index < 0 and index not in (worker.UNTRACKED, worker.READING)
-        assert worker.sent_count(index) == count
-    for index in (worker.UNTRACKED, worker.READING, 0, 5):
-        assert worker.sent_count(index) is None
+        index = slots.sending(count)
+        assert index < 0 and index not in (slots.UNTRACKED, slots.READING)
+        assert slots.sent_count(index) == count
+    for index in (slots.UNTRACKED, slots.READING, 0, 5):
+        assert slots.sent_count(index) is None
 
 
 

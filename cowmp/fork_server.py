@@ -1,4 +1,4 @@
-"""The fork server: where an executor's workers are forked (DESIGN §2.6).
+"""The fork server: where an executor's workers are forked (docs/design.md §7).
 
 Forked once from the parent when the executor is created (the snapshot), it holds the
 parent's heap, frozen, and runs no thread.  On the parent's request it forks a worker
@@ -31,23 +31,20 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Any, NoReturn
 
 from . import exiting, forking, handles, worker
+from .launchers import LEAVE, TERMINATE_GRACE, Event
 
 __all__ = ["ForkServer"]
 
 SPAWN, KILL, STOP = 1, 2, 3
-#: how STOP ends the workers: they leave when their connection closes, or now
-LEAVE, TERMINATE, KILL_NOW = 0, signal.SIGTERM, signal.SIGKILL
 _COMMAND = struct.Struct("!iqq")
-#: seconds the server gives its workers to leave after STOP before killing them, and
-#: after it has sent them the signal of a STOP that terminates them
+#: seconds the server gives its workers to leave after STOP before killing them
 STOP_GRACE = 5.0
-TERMINATE_GRACE = 0.5
 
 
 class ForkServer:
-    """The parent's handle on a fork server."""
+    """The parent's handle on a fork server (a :class:`cowmp.launchers.Launcher`)."""
 
-    def __init__(self, progress: Any, initializer: Any, initargs: tuple,
+    def __init__(self, slot_array: Any, initializer: Any, initargs: tuple,
                  max_tasks: int | None, method: str | None = None, workers: int = 0) -> None:
         """Fork the server, which forks ``workers`` workers (slots 0 to workers - 1) as
         soon as it starts: their connections are made here and inherited, so that no
@@ -69,7 +66,7 @@ class ForkServer:
                     theirs.append(their)
                     self.initial[slot] = Connection(ours.detach())
                     handles.opened(self.initial[slot])
-                pid = forking.protocol_fork(bare=True, stacklevel=5)
+                pid = forking.protocol_fork(bare=True)
             except BaseException:
                 handles.close(commands, events, server_commands, server_events, *theirs,
                               *self.initial.values())
@@ -77,7 +74,7 @@ class ForkServer:
             if pid == 0:  # the server (the fork closed every registered handle)
                 code = 1
                 try:
-                    _Server(server_commands, server_events, parent, progress, initializer,
+                    _Server(server_commands, server_events, parent, slot_array, initializer,
                             initargs, max_tasks, method,
                             [their.detach() for their in theirs]).serve()
                     code = 0
@@ -116,10 +113,10 @@ class ForkServer:
     def kill(self, pid: int) -> None:
         self.commands.sendall(_COMMAND.pack(KILL, pid, 0))
 
-    def has_event(self) -> bool:
-        return False
+    def pending_event(self) -> Event | None:
+        return None  # every event comes through the events pipe
 
-    def read_event(self, ready: Any = None) -> tuple:
+    def read_event(self, ready: Any) -> Event:
         return self.events.recv()
 
     def waitables(self) -> list:
@@ -137,7 +134,7 @@ class ForkServer:
             pass
         deadline = time.monotonic() + timeout
         ending = False  # its events pipe closed: only its exit is left
-        while self.poll() is None:
+        while self.exit_status() is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 os.kill(self.pid, signal.SIGKILL)
@@ -153,7 +150,7 @@ class ForkServer:
         handles.close(self.commands, self.events, *self.initial.values())
         self.initial.clear()
 
-    def poll(self) -> int | None:
+    def exit_status(self) -> int | None:
         if self.exitcode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -173,14 +170,14 @@ class _Server:
     """The server's side: a single-threaded loop."""
 
     def __init__(self, commands: socket.socket, events: Connection, parent: int,
-                 progress: Any, initializer: Any, initargs: tuple,
+                 slot_array: Any, initializer: Any, initargs: tuple,
                  max_tasks: int | None, method: str | None, initial: list[int]) -> None:
         self.pid = os.getpid()
         self.commands = commands
         self.initial = initial  # the first workers' connections, by slot
         self.events = events
         self.parent = parent
-        self.progress = progress
+        self.slot_array = slot_array
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks
@@ -247,7 +244,7 @@ class _Server:
         return True
 
     def spawn(self, slot: int, number: int, fd: int) -> None:
-        pid = forking.protocol_fork(bare=True, stacklevel=3, collect=False)
+        pid = forking.protocol_fork(bare=True, collect=False)
         if pid == 0:
             self.become_worker(slot, number, fd)
         self.spawned(slot, pid, fd)
@@ -258,7 +255,7 @@ class _Server:
         fds, self.initial = self.initial, []
         if not fds:
             return
-        index, pids = forking.fork_children(len(fds), bare=True, stacklevel=3,
+        index, pids = forking.fork_children(len(fds), bare=True,
                                             collect=False)
         if index >= 0:
             self.initial = fds  # closed in the worker, but for its own
@@ -282,7 +279,7 @@ class _Server:
             conn = Connection(fd)
         except BaseException:  # noqa: BLE001
             exiting.leave(1)
-        worker.run_worker(conn, slot, self.progress, self.pid, self.initializer,
+        worker.run_worker(conn, slot, self.slot_array, self.pid, self.initializer,
                           self.initargs, self.max_tasks, name=f"CowPoolWorker-{number}",
                           owner=self.parent, method=self.method)
         exiting.leave(1)  # run_worker never returns

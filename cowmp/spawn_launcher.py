@@ -1,10 +1,10 @@
-"""Workers started as processes of a context, where no fork server can be used.
+"""Workers started as processes of a context, where no fork server can be used
+(docs/design.md §7).
 
 The executor's launcher when fork is missing (the fallback: loky's spawned processes),
-or when the executor is given a context that does not fork (``spawn``, ``forkserver``).
-Same interface as :class:`cowmp.zygote.ForkServer`: ``spawn(slot)`` returns the parent's
-end of the worker's connection, and events ``("spawned", slot, pid)`` and
-``("exited", pid, exit_code)`` are read when one of :meth:`waitables` is ready.
+or when the executor is given a context that does not fork (``spawn``, ``forkserver``):
+a :class:`cowmp.launchers.Launcher`, as :class:`cowmp.fork_server.ForkServer` is.  A
+worker's end is seen on its process's sentinel.
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import handles, serialize, worker
-from .zygote import TERMINATE_GRACE
+from .launchers import KILL_NOW, LEAVE, TERMINATE_GRACE, Event
 
-__all__ = ["ProcessLauncher"]
+__all__ = ["SpawnLauncher"]
 
 
-def _worker_entry(conn: Any, slot: int, progress: Any, parent: int, setup: bytes,
+def _worker_entry(conn: Any, slot: int, slot_array: Any, parent: int, setup: bytes,
                   initargs: tuple, max_tasks: int | None) -> None:
     # the initializer goes through cowmp's pickler, so that a function of the main
     # script is the re-imported module's own (its globals are those the tasks see); its
     # arguments are the process's, pickled by the context as it starts it, which is what
     # lets them hold locks, events and queues of that context
     initializer = serialize.loads(setup)
-    worker.run_worker(conn, slot, progress, parent, initializer, initargs, max_tasks,
+    worker.run_worker(conn, slot, slot_array, parent, initializer, initargs, max_tasks,
                       forked=False)
 
 
@@ -48,11 +48,13 @@ class _Sentinel(int):
         return self is not other
 
 
-class ProcessLauncher:
-    def __init__(self, ctx: Any, progress: Any, initializer: Any, initargs: tuple,
+class SpawnLauncher:
+    """Workers as processes of ``ctx``, reaped through their sentinels."""
+
+    def __init__(self, ctx: Any, slot_array: Any, initializer: Any, initargs: tuple,
                  max_tasks: int | None) -> None:
         self.ctx = ctx
-        self.progress = progress
+        self.slot_array = slot_array
         self.setup = serialize.dumps(initializer, serialize.Snapshot.take(by_reference=False),
                                      "the initializer")
         self.initargs = initargs
@@ -68,7 +70,7 @@ class ProcessLauncher:
         handles.opened(ours, theirs)
         process = self.ctx.Process(
             target=_worker_entry,
-            args=(theirs, slot, self.progress, os.getpid(), self.setup, self.initargs,
+            args=(theirs, slot, self.slot_array, os.getpid(), self.setup, self.initargs,
                   self.max_tasks),
             daemon=True,
             name=f"CowPoolWorker-{self.spawned}",
@@ -81,17 +83,15 @@ class ProcessLauncher:
         self.pending.append(("spawned", slot, process.pid))
         return ours
 
-    def kill(self, pid: int, signum: int = getattr(signal, "SIGKILL", 9)) -> None:
+    def kill(self, pid: int) -> None:
         for process in list(self.processes.values()):
             if process.pid == pid and process.exitcode is None:
-                _signal(process, signum)
+                _signal(process, KILL_NOW)
 
-    def has_event(self) -> bool:
-        return bool(self.pending)
+    def pending_event(self) -> Event | None:
+        return self.pending.popleft() if self.pending else None
 
-    def read_event(self, ready: Any = None) -> tuple:
-        if self.pending:
-            return self.pending.popleft()
+    def read_event(self, ready: Any) -> Event:
         process = self.processes.pop(ready)
         process.join()
         return ("exited", process.pid, process.exitcode)
@@ -99,8 +99,8 @@ class ProcessLauncher:
     def waitables(self) -> list:
         return list(self.processes)
 
-    def stop(self, how: int = 0, timeout: float = 7.0) -> None:
-        """Reap the workers: they leave on their own (``how`` 0), or get the signal
+    def stop(self, how: int = LEAVE, timeout: float = 7.0) -> None:
+        """Reap the workers: they leave on their own (:data:`LEAVE`), or get the signal
         ``how`` now; killed after ``timeout``, or half a second after the signal.  A
         worker's end is seen on its sentinel, which also works where SIGCHLD is ignored
         (nothing to reap)."""
@@ -112,7 +112,7 @@ class ProcessLauncher:
         deadline = time.monotonic() + timeout
         for process in processes:
             if not connection.wait([process.sentinel], max(0.0, deadline - time.monotonic())):
-                _signal(process, getattr(signal, "SIGKILL", 9))
+                _signal(process, KILL_NOW)
                 connection.wait([process.sentinel])
             process.join(5)  # it has ended (or is ending): reap it
         self.processes.clear()
@@ -123,8 +123,8 @@ class ProcessLauncher:
         for process in self.processes.values():
             mp_process._children.discard(process)  # type: ignore[attr-defined]
 
-    def poll(self) -> int | None:
-        return None
+    def exit_status(self) -> int | None:
+        return None  # no process of its own
 
 
 def _signal(process: Any, signum: int) -> None:
