@@ -1,4 +1,4 @@
-"""The one place where cowmp ends a process: how a forked child leaves (DESIGN §2.2).
+"""The one place where cowmp ends a process: how a forked child leaves (docs/design.md §4).
 
 A child that leaves through the normal interpreter exit tears down its modules and
 deallocates the inherited heap object by object: every refcount written, every page
@@ -33,9 +33,12 @@ def flush_std_streams() -> None:
             pass
 
 
-def leave(code: int) -> NoReturn:
-    """Flush stdio and end the process now with ``code``: the only ``os._exit`` in cowmp."""
-    flush_std_streams()
+def leave(code: int, *, flush: bool = True) -> NoReturn:
+    """Flush stdio (unless ``flush`` is false: a worker whose parent is gone must not
+    wait on a pipe nobody reads) and end the process now with ``code``: the only
+    ``os._exit`` in cowmp."""
+    if flush:
+        flush_std_streams()
     os._exit(code)
 
 

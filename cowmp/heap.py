@@ -5,7 +5,7 @@ collects an inherited heap copies most of its pages.  ``gc.freeze()`` moves ever
 object into a permanent generation that collections skip, and it is cheap: a splice of
 the collector's lists, a few header writes.  Every cowfork child freezes everything it
 inherited as the first thing it does after the fork; the GC is disabled in the parent
-across the fork, so no collection can run in between (DESIGN §2.1).  Children therefore
+across the fork, so no collection can run in between (docs/design.md §3).  Children therefore
 never collect the inherited heap, whatever the parent does.
 
 What the *parent* freezes is a trade-off, chosen by the policy (:func:`set_gc_policy`,

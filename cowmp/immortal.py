@@ -1,4 +1,4 @@
-"""Immortal objects: the one place where reference counts are rewritten (DESIGN §2.3).
+"""Immortal objects: the one place where reference counts are rewritten (docs/design.md §5).
 
 Every ``Py_INCREF``/``Py_DECREF`` writes the object, so a forked child that only reads
 inherited data still copies nearly every page of it.  Since Python 3.12 (PEP 683) the

@@ -1,4 +1,4 @@
-"""Data shared with forked children: :func:`share` and :func:`preload` (DESIGN §2.3, §2.5).
+"""Data shared with forked children: :func:`share` and :func:`preload` (docs/design.md §5).
 
 :func:`share` prepares data for children that read it without copying it: frozen for the
 garbage collector (:mod:`cowmp.heap`), immortal on 3.12+ with its string hashes cached

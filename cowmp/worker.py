@@ -93,13 +93,13 @@ def _watch_parent(parent: int, forked: bool) -> None:
         PR_SET_PDEATHSIG = 1
         if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
             if os.getppid() != parent:  # died before prctl took effect
-                os._exit(1)
+                exiting.leave(1, flush=False)
             return
 
     def poll() -> None:  # elsewhere: a watchdog thread
         while os.getppid() == parent:
             time.sleep(0.5)
-        os._exit(1)
+        exiting.leave(1, flush=False)
 
     threading.Thread(target=poll, name="cowmp-parent-watch", daemon=True).start()
 
