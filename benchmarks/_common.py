@@ -12,7 +12,7 @@ import psutil
 
 
 def build_heap(n: int) -> list:
-    """DESIGN §1's heap: ``n`` tuples ``(i, str(i), [i])`` (2,000,000 ≈ 480 MiB), as the
+    """docs/design.md §1's heap: ``n`` tuples ``(i, str(i), [i])`` (2,000,000 ≈ 480 MiB), as the
     demo builds it."""
     from cowmp.demo import make_data
 

@@ -261,10 +261,10 @@ def _run_general(fn: Any, arg_list: list, kwarg_dicts: list | None, flags: int,
     after_first = None
     timed = flags & TIMED
     star = flags & STAR
-    array, index_at, start_at = slot.slots, slot.index_at, slot.start_at
+    array, index_at, start_at, yield_at = slot.slots, slot.index_at, slot.start_at, slot.yield_at
     for index, args in enumerate(arg_list):
         if index:
-            if slot.wanted_back(piece_id):
+            if array[yield_at] == piece_id:  # slot.wanted_back, inlined
                 break
             if index == 1:
                 after_first = clock.now()

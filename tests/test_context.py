@@ -99,6 +99,7 @@ def test_set_and_get_start_method_as_in_multiprocessing():
         print("ok")
     """)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def _double(x):

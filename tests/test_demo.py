@@ -31,6 +31,7 @@ def _table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.quiet  # compares the private memory of the workers of two start methods
 def test_quick_demo_prints_every_method_side_by_side():
     out = _demo("--quick")
     assert out.returncode == 0, out.stderr
@@ -76,8 +77,9 @@ def test_plot_writes_a_png(tmp_path):
     assert f"chart written to {path}" in out.stdout
 
 
-def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys):
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.chdir(tmp_path)  # had it not failed, the chart would be written here
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--quick", "--plot", "x.png"])
     assert exit_info.value.code == 2

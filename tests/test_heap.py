@@ -8,19 +8,34 @@ from conftest import requires_fork, run_script
 import cowmp
 
 
-def test_policy_is_validated_and_switchable():
-    assert cowmp.get_gc_policy() == "auto"
+@pytest.fixture
+def restore_gc_policy():
+    """This process's policy, as it was before the test."""
+    before = cowmp.get_gc_policy()
+    yield before
+    cowmp.set_gc_policy(before)
+
+
+def test_policy_is_validated_and_switchable(restore_gc_policy):
     with pytest.raises(ValueError, match="'sometimes' is not a cowmp GC policy"):
         cowmp.set_gc_policy("sometimes")
+    assert cowmp.get_gc_policy() == restore_gc_policy  # a bad policy changes nothing
     for policy in cowmp.GC_POLICIES:
         cowmp.set_gc_policy(policy)
         assert cowmp.get_gc_policy() == policy
-    cowmp.set_gc_policy("auto")
+
+
+@pytest.mark.parametrize(("value", "policy"), [("", "auto"), (" Frozen ", "frozen")])
+def test_policy_comes_from_the_environment_and_defaults_to_auto(value, policy):
+    out = run_script("import cowmp; print(cowmp.get_gc_policy())",
+                     env={"COWMP_GC_POLICY": value})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == policy
 
 
 def test_bad_policy_in_environment_names_the_variable():
     out = run_script("import cowmp", env={"COWMP_GC_POLICY": "never"})
-    assert out.returncode == 1
+    assert out.returncode == 1, out.stderr
     assert "COWMP_GC_POLICY='never' is not a cowmp GC policy" in out.stderr
 
 
@@ -124,13 +139,21 @@ print(uss / heap)
 """
 
 
+def _private_to_heap_ratio(fork: str, siblings: str) -> float:
+    out = run_script(MEMORY_SCRIPT, args=(fork, siblings))
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout)
+
+
 @requires_fork
+@pytest.mark.quiet  # a ratio of memory sizes
 @pytest.mark.parametrize("siblings", ["alone", "sibling"])
-def test_seed_002_gc_in_a_child_copies_little_with_cowmp_and_much_with_plain_fork(siblings):
-    # seeds 001/002: a child that runs the collector over an inherited heap.  With a
-    # sibling alive the parent does not freeze the data: the child's own freeze does.
-    plain = float(run_script(MEMORY_SCRIPT, args=("os", siblings)).stdout)
-    cow = float(run_script(MEMORY_SCRIPT, args=("cowmp", siblings)).stdout)
+def test_gc_in_a_child_copies_little_of_its_heap_with_cowmp_and_much_with_os_fork(siblings):
+    # a child that runs the collector over the heap it inherited: under os.fork every
+    # object it visits is written, so its page copied.  With a sibling alive the parent
+    # does not freeze the data: the child's own freeze (at its start) does.
+    plain = _private_to_heap_ratio("os", siblings)
+    cow = _private_to_heap_ratio("cowmp", siblings)
     assert cow < 0.10, cow
     assert plain > 0.30, plain
 

@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from conftest import requires_fork
+from conftest import requires_fork, wait_for
 
 import cowmp
 import cowmp.limits
@@ -44,9 +44,9 @@ def _pid(_=None) -> int:  # type: ignore[no-untyped-def]
     return os.getpid()
 
 
-def _read_all(_=None) -> int:  # type: ignore[no-untyped-def]
-    assert sum(BIG[i] for i in range(0, len(BIG), 4096)) >= 0
-    return os.getpid()
+def _read_all(_=None) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Read a byte of each page of BIG: (pid, the sum of the bytes read)."""
+    return os.getpid(), sum(BIG[i + 1] for i in range(0, len(BIG) - 1, 4096))
 
 
 BIG = b""
@@ -223,15 +223,26 @@ def test_mem_table_has_a_line_per_process_and_totals(held):
 
 
 def test_mem_watch_reads_again_until_the_process_ends():
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    # the watched process lives until its stdin is closed, after three readings
+    watched = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                               stdin=subprocess.PIPE)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "cowmp", "mem", str(watched.pid), "--watch", "0.05", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        out = _cli(str(sleeper.pid), "--watch", "0.2", "--json")
+        readings = [json.loads(watcher.stdout.readline()) for _ in range(3)]
+        watched.stdin.close()
+        watched.wait(30)
+        rest, err = watcher.communicate(timeout=60)
     finally:
-        sleeper.wait(10)
-    assert out.returncode == 0, out.stderr
-    readings = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(readings) >= 3
-    assert all(reading[0]["pid"] == sleeper.pid for reading in readings)
+        for proc in (watched, watcher):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert watcher.returncode == 0, err
+    readings += [json.loads(line) for line in rest.splitlines()]
+    assert all(reading[0]["pid"] == watched.pid for reading in readings), readings
 
 
 def test_mem_watch_rounds_in_process():
@@ -259,9 +270,8 @@ def test_mem_rejects_bad_input(args, message):
 def test_executor_reports_parent_fork_server_and_workers():
     with cowmp.CowProcessPoolExecutor(2) as executor:
         list(executor.map(_pid, range(4)))
-        deadline = time.monotonic() + 30
-        while len(executor.worker_pids) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)  # a worker's pid is known once the fork server reports it
+        # a worker's pid is known once the fork server reports it
+        assert wait_for(lambda: len(executor.worker_pids) == 2, 30), executor.worker_pids
         rows = executor.memory()
         roles = {row.pid: row.role for row in rows}
         assert roles[os.getpid()] == "parent"
@@ -276,10 +286,22 @@ def test_executor_reports_parent_fork_server_and_workers():
             assert all(row.copied is not None for row in rows if row.role == "worker")
 
 
+@pytest.fixture
+def forkserver_context():
+    """multiprocessing's forkserver context; its server is stopped after the test if the
+    test started it."""
+    import multiprocessing.forkserver
+
+    server = multiprocessing.forkserver._forkserver
+    running = server._forkserver_pid is not None
+    yield multiprocessing.get_context("forkserver")
+    if not running:
+        server._stop()
+
+
 @requires_proc
-def test_tree_names_multiprocessing_helpers():
-    ctx = multiprocessing.get_context("forkserver")
-    with ctx.Pool(1) as pool:
+def test_tree_names_multiprocessing_helpers(forkserver_context):
+    with forkserver_context.Pool(1) as pool:
         pool.apply(_pid)
         roles = {row.role for row in memory.tree()}
     assert {"parent", "fork server", "worker"} <= roles
@@ -290,6 +312,12 @@ def quick_checks(monkeypatch):
     monkeypatch.setattr(cowmp.limits, "MEMORY_CHECK_INTERVAL", 0.05)
 
 
+def _memory_read_since_last_task(executor) -> bool:  # type: ignore[no-untyped-def]
+    """The manager thread has read the workers' memory since they last worked (no reading
+    is due: the next is scheduled when a worker is given work)."""
+    return executor._pool.memory_check_at is None
+
+
 @pytest.mark.parametrize("method", [None, "spawn"])
 def test_a_worker_over_its_private_memory_limit_is_replaced(quick_checks, method):
     ctx = None if method is None else multiprocessing.get_context(method)
@@ -298,7 +326,8 @@ def test_a_worker_over_its_private_memory_limit_is_replaced(quick_checks, method
         pids = []
         for _ in range(10):
             pids.append(executor.submit(_grow, 25).result(timeout=60))
-            time.sleep(0.15)  # a reading between two tasks
+            # a reading between two tasks
+            assert wait_for(lambda: _memory_read_since_last_task(executor), 30)
         assert executor.recycled_workers >= 2
         # each worker ran a few tasks of 25 MiB, never far past 90 MiB
         runs = [len(list(group)) for group in _runs(pids)]
@@ -314,7 +343,7 @@ def _runs(values):  # type: ignore[no-untyped-def]
 def test_a_worker_under_its_limit_is_kept(quick_checks):
     with cowmp.CowProcessPoolExecutor(1, max_private_memory_per_child="1GiB") as executor:
         pids = {executor.submit(_grow, 5).result(timeout=60) for _ in range(5)}
-        time.sleep(0.2)
+        assert wait_for(lambda: _memory_read_since_last_task(executor), 30)
         assert len(pids) == 1 and executor.recycled_workers == 0
 
 
@@ -326,10 +355,13 @@ def test_memory_shared_with_the_parent_does_not_count(quick_checks):
     try:
         with cowmp.CowProcessPoolExecutor(
                 2, max_private_memory_per_child="100MiB") as executor:
-            pids = set(executor.map(_read_all, range(8), chunksize=1))
-            time.sleep(0.3)
+            results = list(executor.map(_read_all, range(8), chunksize=1))
+            assert wait_for(lambda: _memory_read_since_last_task(executor), 30)
+            pages = len(range(0, len(BIG) - 1, 4096))
+            assert [total for _, total in results] == [pages] * 8  # BIG[i + 1] == 1
             rss = [psutil.Process(pid).memory_info().rss for pid in executor.worker_pids]
             assert min(rss) > 100 * MiB  # RSS would recycle them
+            pids = {pid for pid, _ in results}
             assert executor.recycled_workers == 0 and pids <= set(executor.worker_pids)
     finally:
         BIG = b""

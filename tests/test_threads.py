@@ -64,18 +64,18 @@ def test_warning_as_error_in_the_main_thread_starts_nothing(ctx):
         assert p._popen is None and cowmp.active_children() == []
 
 
-def test_seed_001_lock_held_at_fork_stays_held_in_the_child():
-    # seed 001's example (pythonspeed): a lock held by a thread at fork is held forever in
-    # the child.  With cowmp the fork is reported when another thread holds it; the child
-    # sees the lock locked (a bounded acquire here, where the blog's child hangs).
+def test_lock_held_by_another_thread_at_fork_stays_held_in_the_child():
+    # a lock that another thread holds at the fork is held forever in the child (a blog
+    # post's example, whose child hangs).  With cowmp the fork is reported, naming the
+    # thread; the child sees the lock locked (a bounded acquire here).
     out = run_script("""
-        import threading, time, warnings, cowmp
+        import threading, warnings, cowmp
         lock = threading.Lock()
-        holding = threading.Event()
+        holding, release = threading.Event(), threading.Event()
         def holder():
             with lock:
                 holding.set()
-                time.sleep(1.0)
+                release.wait()
         t = threading.Thread(target=holder, name="lock-holder"); t.start()
         holding.wait()
         with warnings.catch_warnings(record=True) as w:
@@ -83,6 +83,7 @@ def test_seed_001_lock_held_at_fork_stays_held_in_the_child():
             pid = cowmp.fork()
         if pid == 0:
             cowmp.exit(0 if not lock.acquire(timeout=2) else 1)
+        release.set()
         t.join()
         import os
         _, status = os.waitpid(pid, 0)
