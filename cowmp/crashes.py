@@ -82,13 +82,18 @@ class Failure(NamedTuple):
 
 
 def attribute(inflight: Iterable[Piece], slot: tuple[int, int, float] | None,
-              ready: bool) -> tuple[list[Failure], list[Piece]]:
+              ready: bool, killed_for: tuple | None = None
+              ) -> tuple[list[Failure], list[Piece]]:
     """What a dead worker held, settled: ``(failures, pieces to queue again, in order)``.
 
     ``inflight``: its pieces in the order they were sent; ``slot``: what its slot says
-    (None: unreadable); ``ready``: whether it had told that it started.
+    (None: unreadable); ``ready``: whether it had told that it started; ``killed_for``:
+    ``(piece id, position, ...)`` of the task whose timeout made the parent kill it.
 
     * a task it ran, recorded one by one, fails: it is the cause, or it was killed;
+      but if the parent killed it for another task's timeout (that task ended while the
+      kill was on its way), the task it ran did not cause its death: that piece runs
+      again, with no strike;
     * a piece it was reading, or whose outcomes it was sending, or whose tasks it ran
       unrecorded: the cause is one of its tasks, unknown; each gets a strike (see
       :func:`strike`);
@@ -124,6 +129,8 @@ def attribute(inflight: Iterable[Piece], slot: tuple[int, int, float] | None,
                 requeue.append(piece.again(indices[ran:]))
         elif index == slots.UNTRACKED or not piece.tracked:
             requeue += strike(piece, indices, "running", False, failures)
+        elif killed_for is not None and tuple(killed_for[:2]) != (piece.id, index):
+            requeue.append(piece.again())  # killed late, for a task that had ended
         else:
             failures.append(Failure(piece, indices[index], None))
             requeue += [piece.again(part) for part in (indices[:index], indices[index + 1:])

@@ -53,13 +53,16 @@ class Limits:
             return None
         return max(0.0, min(deadlines) - now)
 
-    def deadline(self, w: Worker) -> float | None:
+    def deadline(self, w: Worker, slot: tuple[int, int, float] | None = None) -> float | None:
+        """When ``w``'s running task passes its timeout (``slot``: a reading of its slot,
+        else read now); a moment from now if the slot says no task runs yet."""
         if not w.inflight or w.kill_reason or w.pid is None:
             return None
         piece = w.inflight[0]
         if piece.job.timeout is None:
             return None
-        slot = slots.read(self.slot_array, w.slot)
+        if slot is None:
+            slot = slots.read(self.slot_array, w.slot)
         if slot is None:
             return time.monotonic() + 0.01
         piece_id, index, started = slot
@@ -74,11 +77,12 @@ class Limits:
                 if now >= w.eof_at + STATUS_WAIT:
                     self.worker_ended(w)  # its status never came
                 continue
-            deadline = self.deadline(w)
-            if deadline is None or now < deadline:
-                continue
             slot = slots.read(self.slot_array, w.slot)
-            if slot is None or slot[0] != w.inflight[0].id:
+            deadline = self.deadline(w, slot)
+            if slot is None or deadline is None or now < deadline:
+                continue
+            # still that task?  The worker may have finished it and begun another since
+            if slots.read(self.slot_array, w.slot) != slot:
                 continue
             w.kill_reason = (slot[0], slot[1], w.inflight[0].job.timeout)
             self.launcher.kill(w.pid)

@@ -466,7 +466,7 @@ class Pool(Dispatch, Limits):
         """A worker died: fail the tasks its death is blamed on, queue the rest first
         (:func:`cowmp.crashes.attribute`)."""
         failures, requeue = crashes.attribute(w.inflight, slots.read(self.slot_array, w.slot),
-                                              w.ready)
+                                              w.ready, w.kill_reason)
         w.inflight.clear()
         for failure in failures:
             failure.piece.job.fail(failure.index, crashes.death_error(

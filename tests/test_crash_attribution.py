@@ -124,6 +124,23 @@ def test_the_task_recorded_as_running_fails_alone_and_its_neighbours_run_again(
     assert all(again.id != piece.id for again in requeue)
 
 
+def test_a_worker_killed_for_a_task_that_had_ended_fails_nothing_it_ran_next():
+    """The parent killed the worker for task 1's timeout, but task 1 ended while the kill
+    was on its way and the worker died running task 2: task 2 did not cause the death,
+    so nothing fails and the piece runs again, with no strike."""
+    job = _job(20)
+    piece = _piece(job, [10, 11, 12, 13])
+    failures, requeue = attribute([piece], (piece.id, 2, STARTED), ready=True,
+                                  killed_for=(piece.id, 1, 0.5))
+    assert failures == []
+    assert _shape(requeue) == [(job, [10, 11, 12, 13], False, 0)]
+    assert requeue[0].id != piece.id
+    # killed for the task it still ran: that task fails, as any task running at a death
+    failures, _ = attribute([piece], (piece.id, 2, STARTED), ready=True,
+                            killed_for=(piece.id, 2, 0.5))
+    assert failures == [Failure(piece, 12, None)]
+
+
 def test_pieces_before_and_after_the_running_one_run_again_as_they_are():
     job = _job(10)
     first, second = _piece(job, [0, 1]), _piece(job, [2, 3])

@@ -74,3 +74,55 @@ def test_map_task_timeout():
             next(results)
         assert list(ex.map(square, range(10), task_timeout=5)) == [
             i * i for i in range(10)]
+
+
+class _SlotSequence:
+    """A worker's slot as successive readings show it: the first ``slots.read`` (five
+    item reads) sees ``first``, every later one ``then``."""
+
+    def __init__(self, first, then):
+        self.values = [first, then]
+        self.reads = 0
+
+    def __getitem__(self, offset):
+        state = self.values[min(1, self.reads // 5)]
+        self.reads += 1
+        return state[offset]
+
+
+def test_a_timeout_kills_only_if_the_late_task_is_still_the_one_running():
+    """The deadline passed for task 1, but by the time the slot is read again the worker
+    has begun task 2: no kill (task 2 has not run past anything)."""
+    from cowmp.dispatch import Worker
+    from cowmp.jobs import Job, Piece
+    from cowmp.limits import Limits
+
+    class Killer:
+        def __init__(self):
+            self.killed = []
+
+        def kill(self, pid):
+            self.killed.append(pid)
+
+    class Watched(Limits):
+        def __init__(self, array):
+            self.workers = {0: worker}
+            self.slot_array = array
+            self.launcher = Killer()
+
+    job = Job(cf.Future(), square, [(i,) for i in range(4)], None, single=False,
+              timeout=0.5)
+    piece = Piece(job, range(4))
+    worker = Worker(0, object())
+    worker.pid = 4242
+    worker.add(piece)
+    late = time.monotonic() - 10  # task 1 began long ago
+    moved_on = _SlotSequence((piece.id, 1, late, 0), (piece.id, 2, time.monotonic(), 0))
+    watched = Watched(moved_on)
+    watched.check_deadlines()
+    assert watched.launcher.killed == [] and worker.kill_reason is None
+    still = _SlotSequence((piece.id, 1, late, 0), (piece.id, 1, late, 0))
+    watched = Watched(still)
+    watched.check_deadlines()
+    assert watched.launcher.killed == [4242]
+    assert worker.kill_reason == (piece.id, 1, 0.5)
