@@ -53,7 +53,9 @@ class Launcher(Protocol):
         Raises EOFError or OSError if the launcher itself has died."""
 
     def waitables(self) -> list:
-        """What the manager thread waits on, with the workers' connections."""
+        """What the manager thread waits on, with the workers' connections, through a
+        :class:`cowmp.channel.Waiter`: objects with ``fileno()``, or descriptor numbers
+        that compare by identity (a number is reused once its descriptor is closed)."""
 
     def exit_status(self) -> int | None:
         """The launcher's own exit status, once it has ended (None: it runs, or there is
