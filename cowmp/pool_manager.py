@@ -32,6 +32,7 @@ from .jobs import Encoder, Piece
 from .launchers import KILL_NOW, LEAVE, TERMINATE, Launcher
 from .limits import Limits
 from .mapping import MapRun
+from .spawn_launcher import SpawnLauncher
 
 __all__ = ["Pool", "forget_parent_pools", "shut_down_at_exit"]
 
@@ -136,8 +137,6 @@ class Pool(Dispatch, Limits):
                                            max_tasks, getattr(ctx, "_name", None),
                                            max_workers)
             else:
-                from .spawn_launcher import SpawnLauncher
-
                 self.slot_array = ctx.RawArray("d", size)
                 self.encoder = Encoder(serialize.Snapshot.take(by_reference=False))
                 self.launcher = SpawnLauncher(ctx, self.slot_array, initializer, initargs,
