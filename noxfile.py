@@ -13,7 +13,7 @@ import nox
 PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
 
 nox.options.error_on_missing_interpreters = False  # a machine with one Python still passes
-nox.options.sessions = ["lint", "tests", "fallback", "cpython"]
+nox.options.sessions = ["lint", "tests", "fallback", "oldest_loky", "cpython"]
 nox.options.reuse_existing_virtualenvs = True
 
 # where a C compiler is present, the C helper of cowmp.share() must have been built
@@ -31,6 +31,19 @@ def tests(session: nox.Session) -> None:
 def fallback(session: nox.Session) -> None:
     """The same suite with cowfork forced onto loky's spawn-based processes."""
     session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"COWMP_FORCE_FALLBACK": "1", **HELPER})
+
+
+#: the oldest loky of pyproject's range (loky 3.4 hands a spawned worker a closed pipe)
+OLDEST_LOKY = "loky==3.5.0"
+
+
+@nox.session(python="3.11")
+def oldest_loky(session: nox.Session) -> None:
+    """The fallback suite with the oldest loky that pyproject allows (the newest is what
+    the other sessions install)."""
+    session.install("-e", ".[test]")
+    session.install(OLDEST_LOKY)
     session.run("pytest", *session.posargs, env={"COWMP_FORCE_FALLBACK": "1", **HELPER})
 
 

@@ -24,7 +24,7 @@ from their sources), and what cowmp does about it:
   class gets a reducer that refuses, clearly, to send a fork-only semaphore to a spawned
   process (:func:`cowmp.synchronize.check_semlock_portable`; 3.10 would crash in the
   child, 3.11+ raise a generic error) (:func:`register_semlock_reducers`).
-* loky's pickler (loky 3.4-3.5, whose private ``reduction._dispatch_table`` is read and
+* loky's pickler (loky 3.5-3.7, whose private ``reduction._dispatch_table`` is read and
   written): every reducer registered with ``ForkingPickler`` (Value, Array and Barrier
   arenas, sharedctypes' ctypes types, the SemLock check) is mirrored into it, past and
   future registrations, once loky is in use (:func:`mirror_registrations_into_loky`;
