@@ -47,7 +47,7 @@ from .forking import ForkWithThreadsWarning, fork, install_fork_hooks
 from .heap import GC_POLICIES, collect, get_gc_policy, set_gc_policy
 from .immortal import SharingWarning, is_immortal
 from .serialize import RemoteTraceback, TaskPicklingError, TaskUnpicklingError
-from .sharing import is_shared, preload, share
+from .sharing import is_shared, loaded, preload, share
 from .synchronize import ContextMismatchError
 
 _stdlib_patches.install()
@@ -123,6 +123,7 @@ __all__ = [
     "install_fork_hooks",
     "is_immortal",
     "is_shared",
+    "loaded",
     "preload",
     "set_gc_policy",
     "share",

@@ -62,15 +62,26 @@ class CowProcessPoolExecutor(Executor):
     as ``"512MiB"``): a worker whose private memory (USS: what it has copied from the
     shared heap or allocated itself, not the pages it shares, which RSS would count)
     passes it takes no more work and is replaced once it has finished what it has; read
-    about once a second while it works.  ``task_timeout``: seconds a task may run; past it, its
-    worker is killed and replaced and its future fails with :class:`TimeoutError`.
+    about once a second while it works.  ``task_timeout``: seconds a task may run; past
+    it, its worker is killed and replaced and its future fails with
+    :class:`TimeoutError`.
+
+    ``loader(*loader_args)``: the data the workers share is loaded by the fork server
+    itself, started as a new interpreter (it inherits no thread and nothing of this
+    process: safe in a Jupyter kernel, a web server, any threaded process, and this
+    process keeps none of the data).  It runs once per executor; what it returns is
+    shared (frozen, immortal where the interpreter allows) and is :func:`cowmp.loaded`
+    in every worker, replacements included.  Tasks and results then travel by value, as
+    with spawned workers.  Where workers are not forked, each worker runs the loader.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable[..., object] | None = None, initargs: tuple = (),
                  *, max_tasks_per_child: int | None = None,
                  task_timeout: float | None = None,
-                 max_private_memory_per_child: int | str | None = None) -> None:
+                 max_private_memory_per_child: int | str | None = None,
+                 loader: Callable[..., object] | None = None,
+                 loader_args: Iterable[Any] = ()) -> None:
         if max_workers is None:
             max_workers = _default_workers()
         elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -79,6 +90,8 @@ class CowProcessPoolExecutor(Executor):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if loader is not None and not callable(loader):
+            raise TypeError(f"loader must be a callable, not {type(loader).__name__}")
         if max_tasks_per_child is not None:
             if isinstance(max_tasks_per_child, bool) or not isinstance(
                 max_tasks_per_child, int
@@ -94,7 +107,8 @@ class CowProcessPoolExecutor(Executor):
         self._mp_context = mp_context
         self._pool = Pool(max_workers, mp_context, initializer, tuple(initargs),
                            max_tasks_per_child, _check_timeout(task_timeout, "task_timeout"),
-                           max_private)
+                           max_private,
+                           None if loader is None else (loader, tuple(loader_args)))
         weakref.finalize(self, Pool.shutdown, self._pool, False, False)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:

@@ -17,26 +17,40 @@ where exit_code is ``-signum`` for a signal death, as in multiprocessing.
 If the parent dies, the server kills its workers and exits (it notices the closed socket
 or, within 0.25 s, its new parent process id); each worker dies with the server (Linux:
 ``PR_SET_PDEATHSIG``; elsewhere a watchdog thread in the worker).
+
+With a ``loader`` (``CowProcessPoolExecutor(loader=...)``) the server is not forked from
+the parent but started as a new interpreter (:func:`serve_in_new_interpreter`): it
+inherits no thread and nothing of the parent's heap, imports the main script as a spawned
+process does, runs the loader once (:func:`cowmp.sharing.load`: what it returns is
+shared, and is :func:`cowmp.loaded` in every worker), then forks every worker from that
+state.  Its workers are then not copies of the parent: they send and receive by value,
+as spawned workers do.  The slot array is then a file both map
+(:func:`cowmp.slots.file_backed`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
+from multiprocessing import spawn
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, NoReturn
 
-from . import exiting, forking, handles, worker
+from . import exiting, forking, handles, serialize, sharing, slots, worker
 from .launchers import LEAVE, TERMINATE_GRACE, Event
 
-__all__ = ["ForkServer"]
+__all__ = ["ForkServer", "serve_in_new_interpreter"]
 
 SPAWN, KILL, STOP = 1, 2, 3
 _COMMAND = struct.Struct("!iqq")
+_LENGTH = struct.Struct("!Q")  # of the set-up message a new-interpreter server reads first
 #: seconds the server gives its workers to leave after STOP before killing them
 STOP_GRACE = 5.0
 
@@ -45,13 +59,24 @@ class ForkServer:
     """The parent's handle on a fork server (a :class:`cowmp.launchers.Launcher`)."""
 
     def __init__(self, slot_array: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None, method: str | None = None, workers: int = 0) -> None:
+                 max_tasks: int | None, method: str | None = None, workers: int = 0,
+                 loader: tuple | None = None, slot_fd: int | None = None) -> None:
         """Fork the server, which forks ``workers`` workers (slots 0 to workers - 1) as
         soon as it starts: their connections are made here and inherited, so that no
-        request has to reach it first (:meth:`spawn` hands out the parent's ends)."""
-        parent = os.getpid()
+        request has to reach it first (:meth:`spawn` hands out the parent's ends).
+        ``loader``: ``(callable, args)``: start the server as a new interpreter that
+        loads the data itself (module docstring); ``slot_fd`` is then the file behind
+        ``slot_array``, passed to it."""
         self.spawned = workers
         self.initial: dict[int, Connection] = {}
+        self.process: subprocess.Popen | None = None
+        self.exitcode: int | None = None
+        if loader is not None:
+            assert slot_fd is not None
+            self._start_interpreter(initializer, initargs, max_tasks, method, workers,
+                                    loader, slot_fd)
+            return
+        parent = os.getpid()
         # the server's ends are opened and inherited by the server under the registry's
         # lock, unregistered: no other fork takes them, and the server keeps them
         with forking.quiesced():
@@ -89,7 +114,51 @@ class ForkServer:
         self.pid = pid
         self.commands = commands
         self.events = events
-        self.exitcode: int | None = None
+
+    def _start_interpreter(self, initializer: Any, initargs: tuple, max_tasks: int | None,
+                           method: str | None, workers: int, loader: tuple,
+                           slot_fd: int) -> None:
+        """Start the server as a new interpreter (no fork of this process: safe whatever
+        threads run here) and send it what it needs on its command socket."""
+        setup = serialize.dumps((initializer, initargs, max_tasks, method, *loader),
+                                serialize.Snapshot.take(by_reference=False),
+                                "the executor's loader, initializer or their arguments")
+        preparation = spawn.get_preparation_data("CowForkServer")
+        preparation["authkey"] = bytes(preparation["authkey"])
+        message = pickle.dumps((preparation, os.getpid(), workers, setup))
+        with handles.lock:  # no fork may take the server's ends meanwhile
+            commands, server_commands = socket.socketpair(socket.AF_UNIX,
+                                                          socket.SOCK_STREAM)
+            events, server_events = Pipe(duplex=False)
+            handles.opened(commands, events)
+            theirs: list[socket.socket] = []
+            try:
+                for slot in range(workers):
+                    ours, their = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    theirs.append(their)
+                    self.initial[slot] = Connection(ours.detach())
+                    handles.opened(self.initial[slot])
+                fds = [server_commands.fileno(), server_events.fileno(), slot_fd,
+                       *(their.fileno() for their in theirs)]
+                command = spawn.get_command_line()
+                command = [*command[:command.index("-c")], "-c",
+                           "from cowmp.fork_server import serve_in_new_interpreter as serve; "
+                           "serve()", *map(str, fds)]
+                self.process = subprocess.Popen(command, pass_fds=fds)
+            except BaseException:
+                handles.close(commands, events, *self.initial.values())
+                raise
+            finally:
+                for handle in (server_commands, server_events, *theirs):
+                    handle.close()
+                os.close(slot_fd)
+        self.pid = self.process.pid
+        self.commands = commands
+        self.events = events
+        try:
+            commands.sendall(_LENGTH.pack(len(message)) + message)
+        except OSError:
+            pass  # it died at once: its end is seen as any other's
 
     def spawn(self, slot: int) -> Connection:
         """Ask for a worker in ``slot``; return the parent's end of its connection."""
@@ -151,6 +220,8 @@ class ForkServer:
         self.initial.clear()
 
     def exit_status(self) -> int | None:
+        if self.process is not None:
+            return self.process.poll()
         if self.exitcode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -171,8 +242,10 @@ class _Server:
 
     def __init__(self, commands: socket.socket, events: Connection, parent: int,
                  slot_array: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None, method: str | None, initial: list[int]) -> None:
+                 max_tasks: int | None, method: str | None, initial: list[int],
+                 by_reference: bool = True) -> None:
         self.pid = os.getpid()
+        self.by_reference = by_reference  # the workers are copies of the parent
         self.commands = commands
         self.initial = initial  # the first workers' connections, by slot
         self.events = events
@@ -281,7 +354,8 @@ class _Server:
             exiting.leave(1)
         worker.run_worker(conn, slot, self.slot_array, self.pid, self.initializer,
                           self.initargs, self.max_tasks, name=f"CowPoolWorker-{number}",
-                          owner=self.parent, method=self.method)
+                          owner=self.parent, method=self.method,
+                          by_reference=self.by_reference)
         exiting.leave(1)  # run_worker never returns
 
     def spawned(self, slot: int, pid: int, fd: int) -> None:
@@ -315,3 +389,48 @@ class _Server:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the executor's process closed the fork server's socket")
+        data += chunk
+    return data
+
+
+def serve_in_new_interpreter() -> NoReturn:
+    """The entry point of a fork server started as a new interpreter (its arguments: the
+    descriptors of its command socket, its event pipe, the slot file and the first
+    workers' sockets).  Reads its set-up, prepares as a spawned process does (paths,
+    main module), runs the loader, and serves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    commands_fd, events_fd, slot_fd, *initial = map(int, sys.argv[1:])
+    commands = socket.socket(fileno=commands_fd)
+    events = Connection(events_fd, readable=False)
+    code = 1
+    try:
+        size = _LENGTH.unpack(_read_exactly(commands, _LENGTH.size))[0]
+        preparation, parent, workers, setup = pickle.loads(_read_exactly(commands, size))
+        spawn.prepare(preparation)
+        initializer, initargs, max_tasks, method, loader, loader_args = serialize.loads(setup)
+        slot_array = slots.attach(slot_fd, workers)
+        os.close(slot_fd)
+        try:
+            sharing.load(loader, loader_args)
+        except BaseException as error:  # noqa: BLE001 - the parent is told, then it ends
+            events.send(("broken", f"the executor's loader "
+                         f"{serialize.short_repr(loader)} failed in the fork server: "
+                         f"{serialize.describe(error)}"))
+            raise
+        _Server(commands, events, parent, slot_array, initializer, initargs, max_tasks,
+                method, initial, by_reference=False).serve()
+        code = 0
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        exiting.leave(code)

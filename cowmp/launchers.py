@@ -8,7 +8,9 @@ that does not fork: ``spawn``, ``forkserver``, or loky's processes in the fallba
 
 Events tell the pool what happened to its workers: ``("spawned", slot, pid)`` once a
 worker's process id is known, ``("exited", pid, exit_code)`` once it has been reaped,
-with ``exit_code = -signum`` for a death by signal, as in multiprocessing.
+with ``exit_code = -signum`` for a death by signal, as in multiprocessing; and
+``("broken", message)`` when the launcher cannot start workers any more (a fork server's
+loader failed).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ KILL_NOW = int(getattr(signal, "SIGKILL", 9))
 #: before they are killed
 TERMINATE_GRACE = 0.5
 
-#: ``("spawned", slot, pid)`` or ``("exited", pid, exit_code)``
+#: ``("spawned", slot, pid)``, ``("exited", pid, exit_code)`` or ``("broken", message)``
 Event = tuple
 
 

@@ -90,9 +90,9 @@ class Pool(Dispatch, Limits):
 
     def __init__(self, max_workers: int, ctx: Any, initializer: Any, initargs: tuple,
                  max_tasks: int | None, task_timeout: float | None,
-                 max_private: int | None = None) -> None:
+                 max_private: int | None = None, loader: tuple | None = None) -> None:
         self.owner = os.getpid()
-        self.eager = initializer is None
+        self.eager = initializer is None and loader is None
         self.max_workers = max_workers
         self.max_tasks = max_tasks
         self.max_private = max_private
@@ -130,7 +130,13 @@ class Pool(Dispatch, Limits):
             forks = is_forking_cowfork(ctx) or (
                 getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
             size = max_workers * slots.SLOT_FIELDS
-            if forks:
+            if forks and loader is not None:  # a new interpreter loads, then forks
+                self.slot_array, slot_fd = slots.file_backed(max_workers)
+                self.encoder = Encoder(serialize.Snapshot.take(by_reference=False))
+                self.launcher = ForkServer(self.slot_array, initializer, initargs,
+                                           max_tasks, getattr(ctx, "_name", None),
+                                           max_workers, loader=loader, slot_fd=slot_fd)
+            elif forks:
                 self.slot_array = sharedctypes.RawArray("d", size)
                 self.encoder = Encoder(serialize.Snapshot.take(by_reference=True))
                 self.launcher = ForkServer(self.slot_array, initializer, initargs,
@@ -140,7 +146,7 @@ class Pool(Dispatch, Limits):
                 self.slot_array = ctx.RawArray("d", size)
                 self.encoder = Encoder(serialize.Snapshot.take(by_reference=False))
                 self.launcher = SpawnLauncher(ctx, self.slot_array, initializer, initargs,
-                                              max_tasks)
+                                              max_tasks, loader)
             _live_pools.add(self)
             for slot in range(max_workers):
                 self.spawn(slot)
@@ -439,6 +445,8 @@ class Pool(Dispatch, Limits):
                     w.exitcode = exitcode
                     if w.conn is None:
                         self.worker_ended(w)
+        elif event[0] == "broken":  # the fork server cannot go on (its loader failed)
+            self.break_pool(event[1])
 
     def worker_ended(self, w: Worker) -> None:
         """Both the end of its connection and its exit status are in: settle its work."""

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import gc
 import threading
+import warnings
+from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
 from . import heap, immortal
 
-__all__ = ["is_shared", "preload", "share", "shared_objects"]
+__all__ = ["is_shared", "load", "loaded", "preload", "share", "shared_objects"]
 
 T = TypeVar("T")
 
@@ -31,6 +33,8 @@ T = TypeVar("T")
 #: object alive, so the id is never reused while the entry exists.
 _registry: dict[int, object] = {}
 _lock = threading.Lock()
+_NOTHING = object()
+_loaded: object = _NOTHING  # what the executor's loader returned, in its processes
 
 
 def share(obj: T) -> T:
@@ -116,3 +120,30 @@ def lookup(key: int) -> object:
             f"no object shared under key {key:#x} in this process: it was shared after "
             "the executor's fork server was created"
         ) from None
+
+
+def load(loader: Callable[..., object], args: tuple = ()) -> object:
+    """Run an executor's ``loader(*args)`` with the collector off (:class:`preload`),
+    share what it returns (unless None), and keep it for :func:`loaded`.  Called once
+    in the fork server that loads the data itself, or in each worker where workers are
+    not forked (nothing is shared there)."""
+    global _loaded
+    with warnings.catch_warnings():
+        # where objects cannot be made immortal, share() warns; the executor's
+        # documentation says so, and there is no caller's line here to point at
+        warnings.simplefilter("ignore", immortal.SharingWarning)
+        with preload() as loading:
+            value = loader(*args)
+            if value is not None:
+                loading.share(value)
+    _loaded = value
+    return value
+
+
+def loaded() -> object:
+    """In a worker of ``CowProcessPoolExecutor(loader=...)``: what the loader returned
+    (loaded once by the fork server, shared by every worker).  LookupError elsewhere."""
+    if _loaded is _NOTHING:
+        raise LookupError("cowmp.loaded(): this process has no loaded data (call it in a "
+                          "worker of CowProcessPoolExecutor(loader=...))")
+    return _loaded

@@ -31,11 +31,16 @@ clears a slot (:func:`clear`), before the worker exists.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
+import tempfile
 import time
 from typing import Any
 
 __all__ = ["ID", "INDEX", "READING", "SLOT_FIELDS", "START", "UNTRACKED", "YIELD",
-           "Writer", "clear", "read", "request_yield", "sending", "sent_count"]
+           "Writer", "attach", "clear", "file_backed", "read", "request_yield", "sending",
+           "sent_count"]
 
 #: fields per slot, and their offsets in it
 SLOT_FIELDS = 4
@@ -58,6 +63,29 @@ def sending(count: int) -> int:
 def sent_count(index: int) -> int | None:
     """For an index recorded by :func:`sending`, the tasks that ran; else None."""
     return _SENDING - index if index <= _SENDING else None
+
+
+# -- the array ----------------------------------------------------------------------------
+
+def file_backed(workers: int) -> tuple[Any, int]:
+    """An array of slots for ``workers`` that a fresh process can map too (a fork server
+    started as a new interpreter): ``(array, fd)``, the fd of the file behind it (to be
+    passed to that process, which calls :func:`attach`; the caller closes it)."""
+    size = workers * SLOT_FIELDS * 8
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("cowmp-slots")
+    else:  # pragma: no cover - macOS: an unlinked temporary file
+        fd, path = tempfile.mkstemp(prefix="cowmp-slots-")
+        os.unlink(path)
+    os.ftruncate(fd, size)
+    return attach(fd, workers), fd
+
+
+def attach(fd: int, workers: int) -> Any:
+    """The array of slots in the file ``fd`` (shared, as are its pages after a fork)."""
+    length = workers * SLOT_FIELDS
+    memory = mmap.mmap(fd, length * 8)
+    return (ctypes.c_double * length).from_buffer(memory)  # which keeps the mapping
 
 
 # -- the parent's side ------------------------------------------------------------------

@@ -30,9 +30,9 @@ def _worker_entry(conn: Any, slot: int, slot_array: Any, parent: int, setup: byt
     # script is the re-imported module's own (its globals are those the tasks see); its
     # arguments are the process's, pickled by the context as it starts it, which is what
     # lets them hold locks, events and queues of that context
-    initializer = serialize.loads(setup)
+    initializer, loader = serialize.loads(setup)
     worker.run_worker(conn, slot, slot_array, parent, initializer, initargs, max_tasks,
-                      forked=False)
+                      forked=False, loader=loader)
 
 
 class _Sentinel(int):
@@ -52,11 +52,14 @@ class SpawnLauncher:
     """Workers as processes of ``ctx``, reaped through their sentinels."""
 
     def __init__(self, ctx: Any, slot_array: Any, initializer: Any, initargs: tuple,
-                 max_tasks: int | None) -> None:
+                 max_tasks: int | None, loader: tuple | None = None) -> None:
+        """``loader``: ``(callable, args)`` that each worker runs first (no fork server
+        loads the data once here: each worker loads its own copy)."""
         self.ctx = ctx
         self.slot_array = slot_array
-        self.setup = serialize.dumps(initializer, serialize.Snapshot.take(by_reference=False),
-                                     "the initializer")
+        self.setup = serialize.dumps((initializer, loader),
+                                     serialize.Snapshot.take(by_reference=False),
+                                     "the initializer or the loader")
         self.initargs = initargs
         self.max_tasks = max_tasks
         self.processes: dict[_Sentinel, Any] = {}

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from multiprocessing import process as mp_process
 from typing import Any
 
-from . import exiting, handles, serialize, slots
+from . import exiting, handles, serialize, sharing, slots
 from .channel import Channel
 
 __all__ = ["DONE", "DONE_KIND", "HEADER", "HOLD_SECONDS", "INIT_FAILED", "READY", "SHORT",
@@ -323,11 +323,16 @@ class _ExecutorProcess(mp_process._ParentProcess):  # type: ignore[name-defined,
 def run_worker(conn: Any, slot: int, slot_array: Any, parent: int | None,
                initializer: Callable[..., object] | None, initargs: tuple,
                max_tasks: int | None, *, forked: bool = True, name: str | None = None,
-               owner: int | None = None, method: str | None = None) -> None:
+               owner: int | None = None, method: str | None = None,
+               by_reference: bool | None = None, loader: tuple | None = None) -> None:
     """The worker's main loop; never returns (leaves through :func:`exiting.leave`).
     ``parent``: the process whose end ends the worker.  ``name``, ``owner`` and
     ``method``: the worker's process name, the executor's process and start method, for
-    a worker that the fork server forked (a context's process knows them already)."""
+    a worker that the fork server forked (a context's process knows them already).
+    ``by_reference`` (default: ``forked``): the worker is a copy of the executor's
+    process, and sends shared objects and ``__main__``'s definitions by reference.
+    ``loader``: ``(callable, args)`` to run first, where no fork server loaded the data
+    for every worker (:func:`cowmp.sharing.load`)."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
@@ -337,12 +342,16 @@ def run_worker(conn: Any, slot: int, slot_array: Any, parent: int | None,
             _watch_parent(parent, forked)
         # results go back by reference to what the parent had when the fork server was
         # made (shared objects, __main__'s classes); a spawned worker names __main__'s
-        snapshot = serialize.Snapshot.take(by_reference=forked)
+        snapshot = serialize.Snapshot.take(
+            by_reference=forked if by_reference is None else by_reference)
         handles.opened(conn)  # closed in processes that tasks fork
         channel = Channel(conn)
-        if initializer is not None:
+        if initializer is not None or loader is not None:
             try:
-                initializer(*initargs)
+                if loader is not None:
+                    sharing.load(*loader)
+                if initializer is not None:
+                    initializer(*initargs)
             except BaseException as error:  # noqa: BLE001
                 # as the standard executor's workers do
                 logging.getLogger("concurrent.futures").critical(

@@ -38,6 +38,17 @@ def test_run_all_rejects_an_unknown_benchmark(tmp_path):
 
 
 @requires_fork
+def test_bench_loader_compares_the_loading_fork_server_with_spawn_workers():
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_loader.py"), "--quick"],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "cowmp loader" in run.stdout and "spawn, each loads" in run.stdout
+    assert "ratio spawn / loader: PSS" in run.stdout
+    assert "target loader total PSS at most half" in run.stdout
+
+
+@requires_fork
 def test_run_all_measures_the_executor_life_cycle_and_the_shapes_of_work(tmp_path):
     out_file = tmp_path / "RESULTS.md"
     run = subprocess.run(
