@@ -88,6 +88,10 @@ def test_a_threaded_parent_gets_no_fork_warning_and_its_threads_are_not_in_the_s
             import psutil
 
             assert psutil.Process(server).num_threads() == 1
+            roles = {row.pid: row.role for row in ex.memory()}  # accounting as usual
+            assert roles[server] == "fork server" and roles[os.getpid()] == "parent"
+            assert sorted(pid for pid, role in roles.items() if role == "worker") == sorted(
+                ex.worker_pids)
 
 
 @requires_fork
