@@ -67,8 +67,15 @@ def mirror_reducer(cls: type, reduce: Any) -> None:
     loky's private ``reduction._dispatch_table`` (the tested loky versions are pinned,
     and a test checks it is still there)."""
     reduction = sys.modules.get("loky.backend.reduction")
-    if reduction is not None:
-        reduction._dispatch_table.setdefault(cls, reduce)
+    if reduction is None:
+        return
+    table = reduction._dispatch_table
+    if cls not in table or cls in _mirrored:  # loky's own reducers stay; ours follow
+        table[cls] = reduce  # the latest registration (torch registers some twice)
+        _mirrored.add(cls)
+
+
+_mirrored: set[type] = set()  # the types whose reducer in loky's table is a mirror
 
 
 def mirror_all_reducers() -> None:

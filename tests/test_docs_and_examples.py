@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import cowmp
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+NEEDS_TORCH = "needs torch, which is not in the test extra (tests/test_host_pytorch.py)"
 
 
 def test_there_is_something_to_run():
@@ -21,6 +24,8 @@ def test_there_is_something_to_run():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path):
+    if path.name == "pytorch_dataloader.py" and not HAS_TORCH:
+        pytest.skip(NEEDS_TORCH)
     out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -36,6 +41,8 @@ def _fork_only(block: str) -> bool:
 @pytest.mark.parametrize("index", range(len(README_BLOCKS)))
 def test_readme_block_runs(index):
     block = README_BLOCKS[index]
+    if "import torch" in block and not HAS_TORCH:
+        pytest.skip(NEEDS_TORCH)
     if cowmp.FALLBACK and _fork_only(block):
         pytest.skip("shows a fork-only error; cowfork spawns through loky here")
     if "def on_starting(server)" in block:       # a gunicorn configuration file

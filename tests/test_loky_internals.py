@@ -42,6 +42,22 @@ def test_loky_still_has_what_the_fallback_uses():
     ForkingPickler.register(Registered, reduce)
     assert reduction._dispatch_table[Registered] is reduce
 
+    def again(obj):  # pragma: no cover - only looked up
+        return Registered, ()
+
+    # a type registered twice (torch does so) keeps the latest reducer, as in
+    # multiprocessing's own table; loky's own reducers are left alone
+    ForkingPickler.register(Registered, again)
+    assert reduction._dispatch_table[Registered] is again
+    own = next(cls for cls in reduction._dispatch_table
+               if cls not in ForkingPickler._extra_reducers)
+    kept = reduction._dispatch_table[own]
+    ForkingPickler.register(own, again)
+    try:
+        assert reduction._dispatch_table[own] is kept
+    finally:
+        ForkingPickler._extra_reducers.pop(own, None)
+
 
 def test_importing_cowmp_does_not_import_loky_where_fork_exists():
     if not hasattr(os, "fork"):
