@@ -96,21 +96,24 @@ class ForkServer:
                 handles.close(commands, events, server_commands, server_events, *theirs,
                               *self.initial.values())
                 raise
-            if pid == 0:  # the server (the fork closed every registered handle)
-                code = 1
-                try:
-                    _Server(server_commands, server_events, parent, slot_array, initializer,
-                            initargs, max_tasks, method,
-                            [their.detach() for their in theirs]).serve()
-                    code = 0
-                except BaseException:  # noqa: BLE001
-                    import traceback
+            if pid:
+                for handle in (server_commands, server_events, *theirs):
+                    handle.close()
+        if pid == 0:
+            # the server (the fork closed every registered handle), out of the section
+            # above: it must not hold its locks, nor may the workers it forks
+            code = 1
+            try:
+                _Server(server_commands, server_events, parent, slot_array, initializer,
+                        initargs, max_tasks, method,
+                        [their.detach() for their in theirs]).serve()
+                code = 0
+            except BaseException:  # noqa: BLE001
+                import traceback
 
-                    traceback.print_exc()
-                finally:
-                    exiting.leave(code)
-            for handle in (server_commands, server_events, *theirs):
-                handle.close()
+                traceback.print_exc()
+            finally:
+                exiting.leave(code)
         self.pid = pid
         self.commands = commands
         self.events = events

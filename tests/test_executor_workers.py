@@ -14,7 +14,7 @@ import re
 import executor_support as support
 import pytest
 from conftest import requires_fork
-from executor_support import ready_workers
+from executor_support import ready_workers, square
 
 from cowmp import CowProcessPoolExecutor
 
@@ -104,3 +104,18 @@ def test_a_worker_is_named_as_a_pool_worker_with_the_test_process_as_parent(make
 def test_a_worker_reports_the_cowfork_start_method(make_executor):
     ex = make_executor(max_workers=2)
     assert ex.submit(_start_method).result(timeout=30) == "cowfork"
+
+
+def _nested_executor(values):
+    """A task that runs an executor of its own (the worker holds no lock of its
+    parent's fork server: its manager thread can open and close handles)."""
+    with CowProcessPoolExecutor(max_workers=1) as inner:
+        return list(inner.map(square, values))
+
+
+@pytest.mark.timeout(120)
+def test_a_task_can_run_an_executor_of_its_own():
+    with CowProcessPoolExecutor(max_workers=2) as ex:
+        futures = [ex.submit(_nested_executor, [i, i + 1]) for i in range(3)]
+        assert [f.result(timeout=60) for f in futures] == [
+            [i * i, (i + 1) * (i + 1)] for i in range(3)]
