@@ -242,23 +242,24 @@ class Pool(Dispatch, Limits):
                 run.read_all()
         elif not terminate:
             self.hand_out()
+        cancelling = bool(cancel_futures or terminate)
         with self.lock:
             self.shutdown_requested = True
             if terminate:
                 self.terminating = terminate
-            if cancel_futures or terminate:
-                for run in list(self.maps):
-                    run.stop_reading(CancelledError())
-                running = []  # partly sent already (a requeued rest): must still run
-                while True:
-                    try:
-                        piece = self.queue.popleft()
-                    except IndexError:
-                        break
-                    if not piece.job.cancel() and not piece.job.future.done():
-                        running.append(piece)
-                self.queue.extend(running)
+            queued = list(self.queue) if cancelling else []
             thread = self.thread
+        if cancelling:
+            for run in list(self.maps):
+                run.stop_reading(CancelledError())
+            # outside the lock: cancelling runs the futures' callbacks, user code that
+            # may wait for a thread that is submitting to this executor (in enqueue)
+            for piece in queued:
+                piece.job.cancel()  # a job partly sent already (a requeued rest) runs on
+            with self.lock:
+                kept = [piece for piece in self.queue if not piece.job.future.cancelled()]
+                self.queue.clear()
+                self.queue.extend(kept)
         self.wake()
         if wait and thread is not threading.current_thread():
             thread.join()

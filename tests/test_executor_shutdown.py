@@ -200,3 +200,57 @@ def test_shutdown_cancelling_futures_ends_a_map_iterated_in_another_thread(
         assert [f.result(timeout=30) for f in busy] == [0, 1]
     pids |= set(ex.worker_pids)
     assert all_gone(pids, timeout=15), alive(pids)  # the executor stopped its workers
+
+
+@pytest.mark.timeout(120)
+def test_cancelling_at_shutdown_runs_callbacks_without_the_executors_lock(tmp_path):
+    """A done-callback of a future cancelled by shutdown(cancel_futures=True) waits for a
+    lock that another thread holds while it submits to the same executor: that submit
+    must get its error (the executor is shut down), not wait for the shutdown."""
+    held = threading.Lock()
+    holding, go = threading.Event(), threading.Event()
+    outcome = {}
+    thread = None
+
+    def submitter():
+        with held:
+            try:
+                ex.submit(square, 1)
+            except RuntimeError as error:
+                outcome["submit"] = str(error)
+
+    def paused_check():
+        """The submitter passes the usability check before the shutdown, then pauses
+        there until the callback runs: it next takes the executor's lock."""
+        check()
+        if threading.current_thread() is thread and not holding.is_set():
+            holding.set()
+            go.wait(30)
+
+    def callback(future):
+        go.set()  # the submitter may go on; this waits for its lock
+        outcome["acquired"] = held.acquire(timeout=10)
+        if outcome["acquired"]:
+            held.release()
+
+    marks = tmp_path / "marks"
+    ex = CowProcessPoolExecutor(max_workers=1)
+    check = ex._pool.check_usable
+    ex._pool.check_usable = paused_check
+    try:
+        busy = ex.submit(mark_and_sleep, str(marks), 30)
+        assert wait_for(lambda: marks.exists(), timeout=30)  # the worker is busy
+        queued = ex.submit(square, 2)
+        queued.add_done_callback(callback)
+        thread = threading.Thread(target=submitter)
+        thread.start()
+        assert holding.wait(30)
+        ex.shutdown(wait=False, cancel_futures=True)
+        thread.join(30)
+        assert queued.cancelled()
+        assert outcome == {"acquired": True,
+                           "submit": "cannot schedule new futures after shutdown"}
+    finally:
+        ex.kill_workers()
+    with pytest.raises(cf.process.BrokenProcessPool):
+        busy.result(timeout=30)
