@@ -36,6 +36,10 @@ from their sources), and what cowmp does about it:
   own tests check that list), so cowfork is listed by ``cowmp.get_all_start_methods()``
   only; 3.14 lists every registered context, cowfork included.
 
+joblib learns the ``"cowfork"`` backend when ``joblib.parallel`` is imported, before or
+after cowmp (:func:`cowmp.joblib_backend.install_import_hook`, an import hook that leaves
+``sys.meta_path`` once it has fired; joblib is not imported by it).
+
 Hooks cowmp registers in the interpreter (:func:`register_hooks`): at fork, the
 descriptor registry's lock is held across every fork and the registered descriptors are
 closed in the child (:mod:`cowmp.handles`), and a child forgets its parent's executors
@@ -55,7 +59,7 @@ from multiprocessing import context as mp_context
 from multiprocessing import spawn
 from typing import Any
 
-from . import fallback, handles, pool_manager, synchronize
+from . import fallback, handles, joblib_backend, pool_manager, synchronize
 from .context import cowfork_context, is_forking_cowfork
 from .start_method import METHOD, ImportingMethodName
 
@@ -157,3 +161,4 @@ def install() -> None:
     if fallback.loky_loaded():
         fallback.mirror_all_reducers()
     register_hooks()
+    joblib_backend.install_import_hook()

@@ -14,8 +14,17 @@ import cowmp
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-NEEDS_TORCH = "needs torch, which is not in the test extra (tests/test_host_pytorch.py)"
+#: optional hosts a README block or an example may import, and where they are tested
+HOSTS = {"torch": "tests/test_host_pytorch.py", "joblib": "tests/test_host_joblib.py",
+         "sklearn": "tests/test_host_joblib.py", "numpy": "tests/test_host_joblib.py"}
+
+
+def _skip_without_hosts(code: str) -> None:
+    """Skip, with the reason, code that imports an optional host that is absent."""
+    for module, tested in HOSTS.items():
+        imported = re.search(rf"^\s*(import|from) {module}\b", code, re.M)
+        if imported and importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}, which is not in the test extra ({tested})")
 
 
 def test_there_is_something_to_run():
@@ -24,8 +33,7 @@ def test_there_is_something_to_run():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path):
-    if path.name == "pytorch_dataloader.py" and not HAS_TORCH:
-        pytest.skip(NEEDS_TORCH)
+    _skip_without_hosts(path.read_text())
     out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -41,8 +49,7 @@ def _fork_only(block: str) -> bool:
 @pytest.mark.parametrize("index", range(len(README_BLOCKS)))
 def test_readme_block_runs(index):
     block = README_BLOCKS[index]
-    if "import torch" in block and not HAS_TORCH:
-        pytest.skip(NEEDS_TORCH)
+    _skip_without_hosts(block)
     if cowmp.FALLBACK and _fork_only(block):
         pytest.skip("shows a fork-only error; cowfork spawns through loky here")
     if "def on_starting(server)" in block:       # a gunicorn configuration file
