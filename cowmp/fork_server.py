@@ -30,6 +30,7 @@ as spawned workers do.  The slot array is then a file both map
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -39,6 +40,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from multiprocessing import spawn
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, NoReturn
@@ -80,22 +82,8 @@ class ForkServer:
         # the server's ends are opened and inherited by the server under the registry's
         # lock, unregistered: no other fork takes them, and the server keeps them
         with forking.quiesced():
-            commands, server_commands = socket.socketpair(socket.AF_UNIX,
-                                                          socket.SOCK_STREAM)
-            events, server_events = Pipe(duplex=False)
-            handles.opened(commands, events)
-            theirs: list[socket.socket] = []
-            try:
-                for slot in range(workers):
-                    ours, their = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                    theirs.append(their)
-                    self.initial[slot] = Connection(ours.detach())
-                    handles.opened(self.initial[slot])
+            with self._channels(workers) as (server_commands, server_events, theirs):
                 pid = forking.protocol_fork(bare=True)
-            except BaseException:
-                handles.close(commands, events, server_commands, server_events, *theirs,
-                              *self.initial.values())
-                raise
             if pid:
                 for handle in (server_commands, server_events, *theirs):
                     handle.close()
@@ -115,8 +103,28 @@ class ForkServer:
             finally:
                 exiting.leave(code)
         self.pid = pid
-        self.commands = commands
-        self.events = events
+
+    @contextlib.contextmanager
+    def _channels(self, workers: int) -> Iterator[tuple[socket.socket, Connection, list]]:
+        """Open the command socket, the event pipe and the first workers' sockets (under
+        the registry's lock, held by the caller); yield the server's ends.  If the block
+        fails, every one of them is closed."""
+        self.commands, server_commands = socket.socketpair(socket.AF_UNIX,
+                                                           socket.SOCK_STREAM)
+        self.events, server_events = Pipe(duplex=False)
+        handles.opened(self.commands, self.events)
+        theirs: list[socket.socket] = []
+        try:
+            for slot in range(workers):
+                ours, their = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                theirs.append(their)
+                self.initial[slot] = Connection(ours.detach())
+                handles.opened(self.initial[slot])
+            yield server_commands, server_events, theirs
+        except BaseException:
+            handles.close(self.commands, self.events, server_commands, server_events,
+                          *theirs, *self.initial.values())
+            raise
 
     def _start_interpreter(self, initializer: Any, initargs: tuple, max_tasks: int | None,
                            method: str | None, workers: int, loader: tuple,
@@ -130,36 +138,22 @@ class ForkServer:
         preparation["authkey"] = bytes(preparation["authkey"])
         message = pickle.dumps((preparation, os.getpid(), workers, setup))
         with handles.lock:  # no fork may take the server's ends meanwhile
-            commands, server_commands = socket.socketpair(socket.AF_UNIX,
-                                                          socket.SOCK_STREAM)
-            events, server_events = Pipe(duplex=False)
-            handles.opened(commands, events)
-            theirs: list[socket.socket] = []
-            try:
-                for slot in range(workers):
-                    ours, their = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                    theirs.append(their)
-                    self.initial[slot] = Connection(ours.detach())
-                    handles.opened(self.initial[slot])
-                fds = [server_commands.fileno(), server_events.fileno(), slot_fd,
-                       *(their.fileno() for their in theirs)]
-                command = spawn.get_command_line()
-                command = [*command[:command.index("-c")], "-c",
-                           "from cowmp.fork_server import serve_in_new_interpreter as serve; "
-                           "serve()", *map(str, fds)]
-                self.process = subprocess.Popen(command, pass_fds=fds)
-            except BaseException:
-                handles.close(commands, events, *self.initial.values())
-                raise
-            finally:
-                for handle in (server_commands, server_events, *theirs):
-                    handle.close()
-                os.close(slot_fd)
+            with self._channels(workers) as (server_commands, server_events, theirs):
+                try:
+                    fds = [server_commands.fileno(), server_events.fileno(), slot_fd,
+                           *(their.fileno() for their in theirs)]
+                    command = spawn.get_command_line()
+                    command = [*command[:command.index("-c")], "-c",
+                               "from cowmp.fork_server import serve_in_new_interpreter "
+                               "as serve; serve()", *map(str, fds)]
+                    self.process = subprocess.Popen(command, pass_fds=fds)
+                finally:
+                    os.close(slot_fd)
+            for handle in (server_commands, server_events, *theirs):
+                handle.close()
         self.pid = self.process.pid
-        self.commands = commands
-        self.events = events
         try:
-            commands.sendall(_LENGTH.pack(len(message)) + message)
+            self.commands.sendall(_LENGTH.pack(len(message)) + message)
         except OSError:
             pass  # it died at once: its end is seen as any other's
 
