@@ -8,8 +8,9 @@ imports joblib itself: importing joblib imports numpy, whose OpenBLAS starts thr
 every later fork of this test session would then warn (ForkWithThreadsWarning, an error
 under this project's pytest settings).  For the same reason the module is skipped through
 ``importlib.util.find_spec`` rather than ``pytest.importorskip``, which imports.
-Until ``cowmp.stdlib_patches.install()`` installs the import hook, the scripts call
-``cowmp.joblib_backend.install_import_hook()`` themselves, as it will.
+``import cowmp`` installs the import hook (``cowmp.stdlib_patches.install()``); the
+scripts also call ``cowmp.joblib_backend.install_import_hook()`` themselves, which is
+idempotent, so that each case states the registration it relies on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if importlib.util.find_spec("joblib") is None:
 needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
                                    reason="scikit-learn is not installed")
 
-HOOK = "joblib_backend.install_import_hook()  # what cowmp.stdlib_patches.install() does"
+HOOK = "joblib_backend.install_import_hook()  # as cowmp.stdlib_patches.install() did"
 PRELUDE = """
 import os
 import sys
