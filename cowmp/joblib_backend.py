@@ -295,7 +295,6 @@ def backend_class() -> type:
             self._executor: Any = None
             self._calls = 0  # Parallel calls configured and not yet terminated
             self._aborted = False
-            self._deferred: list[tuple[Any, Future]] = []  # see abort_everything
             self._n_jobs = 1
             self._shared_keys: frozenset[int] = frozenset()
             self._warned = False
@@ -304,7 +303,7 @@ def backend_class() -> type:
         def __getstate__(self) -> dict:
             """Pickled (as a nested backend, say) without its executor or its calls."""
             state = self.__dict__.copy()
-            state.update(_executor=None, parallel=None, _calls=0, _deferred=[])
+            state.update(_executor=None, parallel=None, _calls=0)
             return state
 
         def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -389,13 +388,9 @@ def backend_class() -> type:
                     f"the {NAME!r} backend's workers were terminated: a Parallel call on "
                     "it failed or was aborted"))
             if callback is not None:
-                def done(future: Future) -> None:
-                    if future.cancelled():  # by abort_everything, which holds cowmp's
-                        self._deferred.append((callback, future))  # lock: later
-                    else:
-                        callback(future)
-
-                future.add_done_callback(done)
+                # a future cancelled by abort_everything calls it in the aborting thread,
+                # which holds none of the executor's locks then
+                future.add_done_callback(callback)
             return future
 
         apply_async = submit  # joblib before 1.5 calls it so
@@ -432,7 +427,6 @@ def backend_class() -> type:
                 executor, self._executor = self._executor, None
                 if executor is not None:
                     executor.shutdown(wait=True)
-            self._run_deferred()
             self.reset_batch_stats()
 
         def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -440,23 +434,16 @@ def backend_class() -> type:
             terminate the workers; with ``ensure_ready``, start a new executor for the
             rest of a ``with Parallel(...)`` block.
 
-            The executor cancels queued futures while it holds its lock, and their
-            callbacks run there; joblib's callback takes the call's lock, which the
-            thread that runs callbacks may hold while it waits for the executor's lock to
-            submit the next batch.  So callbacks of cancelled futures are run here,
-            after the executor is done, with no lock held."""
+            The executor cancels the queued futures outside its own lock, so their
+            callbacks (joblib's, which take the call's lock) may wait here for a thread
+            that is submitting the next batch: that submit fails at once, the executor
+            being shut down, and releases the call's lock."""
             executor, self._executor = self._executor, None
             self._aborted = True
             if executor is not None:
                 executor.terminate_workers()
-            self._run_deferred()
             if ensure_ready:
                 self._start(self._n_jobs)
-
-        def _run_deferred(self) -> None:
-            while self._deferred:
-                callback, future = self._deferred.pop(0)
-                callback(future)
 
     CowforkBackend.__module__ = __name__
     CowforkBackend.__qualname__ = "CowforkBackend"  # pickled by reference: __getattr__
