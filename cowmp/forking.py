@@ -29,7 +29,7 @@ from multiprocessing import queues as mp_queues
 from . import callers, exiting, handles, heap
 
 __all__ = ["ForkWithThreadsWarning", "fork", "fork_children", "install_fork_hooks",
-           "own_thread", "quiesced"]
+           "native_thread_count", "own_thread", "quiesced"]
 
 
 class ForkWithThreadsWarning(RuntimeWarning):
@@ -92,7 +92,8 @@ def quiesced() -> Iterator[set[threading.Thread]]:
                 active.release()
 
 
-def _native_thread_count() -> int | None:
+def native_thread_count() -> int | None:
+    """This process's OS threads (Linux: /proc/self/task); None where unknown."""
     try:
         return len(os.listdir("/proc/self/task"))
     except OSError:
@@ -106,7 +107,7 @@ def _foreign_thread_count(python_threads: int) -> int:
     OS thread lingers for a moment: a non-zero count is re-read briefly before it counts.
     """
     for attempt in range(5):
-        native = _native_thread_count()
+        native = native_thread_count()
         foreign = 0 if native is None else max(0, native - 1 - python_threads)
         if not foreign:
             return 0

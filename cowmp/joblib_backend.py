@@ -183,11 +183,10 @@ def install_import_hook() -> None:
 def _foreign_threads() -> int | None:
     """Threads of this process that ``threading`` does not know (started by C code), on
     Linux; None where that cannot be told."""
-    try:
-        native = len(os.listdir("/proc/self/task"))
-    except OSError:
-        return None
-    return max(0, native - threading.active_count())
+    from .forking import native_thread_count
+
+    native = native_thread_count()
+    return None if native is None else max(0, native - threading.active_count())
 
 
 def _thread_pools() -> list:
@@ -216,16 +215,7 @@ def limited_thread_pools(blas: int, openmp: int) -> Iterator[None]:
     fork server and every worker it forks inherit the limits; none of them pays for
     setting them (OpenBLAS, which shuts its pool down at each fork, restarts it in a
     process that sets its size: some 5-35 ms a worker, measured)."""
-    changed = []
-    for library in _thread_pools():
-        limit = openmp if library.user_api == "openmp" else blas
-        try:
-            count = library.num_threads
-        except Exception:  # noqa: BLE001
-            continue
-        if count > limit:
-            _set_threads(library, limit)
-            changed.append((library, count))
+    changed = _limit_thread_pools(blas, openmp)
     try:
         yield
     finally:
@@ -240,10 +230,23 @@ def limit_inner_threads(blas: int, openmp: int) -> None:
     for variable in _THREAD_VARIABLES:
         os.environ.setdefault(variable, str(openmp if variable == "OMP_NUM_THREADS"
                                             else blas))
+    _limit_thread_pools(blas, openmp)
+
+
+def _limit_thread_pools(blas: int, openmp: int) -> list[tuple[Any, int]]:
+    """Bring this process's BLAS pools down to ``blas`` threads and OpenMP's to
+    ``openmp``; return the pools changed, with their thread counts before."""
+    changed = []
     for library in _thread_pools():
         limit = openmp if library.user_api == "openmp" else blas
-        if library.num_threads > limit:
+        try:
+            count = library.num_threads
+        except Exception:  # noqa: BLE001 - cannot be read: left as it is
+            continue
+        if count > limit:
             _set_threads(library, limit)
+            changed.append((library, count))
+    return changed
 
 
 # -- the backend -------------------------------------------------------------------------------

@@ -130,18 +130,16 @@ class Pool(Dispatch, Limits):
             forks = is_forking_cowfork(ctx) or (
                 getattr(ctx, "_name", None) == "fork" and hasattr(os, "fork"))
             size = max_workers * slots.SLOT_FIELDS
-            if forks and loader is not None:  # a new interpreter loads, then forks
-                self.slot_array, slot_fd = slots.file_backed(max_workers)
-                self.encoder = Encoder(serialize.Snapshot.take(by_reference=False))
+            if forks:
+                slot_fd = None
+                if loader is None:  # the server is a copy of this process: by reference
+                    self.slot_array = sharedctypes.RawArray("d", size)
+                else:  # a new interpreter loads, then forks: it maps a file
+                    self.slot_array, slot_fd = slots.file_backed(max_workers)
+                self.encoder = Encoder(serialize.Snapshot.take(by_reference=loader is None))
                 self.launcher = ForkServer(self.slot_array, initializer, initargs,
                                            max_tasks, getattr(ctx, "_name", None),
                                            max_workers, loader=loader, slot_fd=slot_fd)
-            elif forks:
-                self.slot_array = sharedctypes.RawArray("d", size)
-                self.encoder = Encoder(serialize.Snapshot.take(by_reference=True))
-                self.launcher = ForkServer(self.slot_array, initializer, initargs,
-                                           max_tasks, getattr(ctx, "_name", None),
-                                           max_workers)
             else:
                 self.slot_array = ctx.RawArray("d", size)
                 self.encoder = Encoder(serialize.Snapshot.take(by_reference=False))
