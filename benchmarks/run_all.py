@@ -41,7 +41,7 @@ PLOT_HINT = "pip install 'cowmp[plot]'"
 
 #: the order of RESULTS.md (the headline first); benchmarks not named here follow, by name
 ORDER = ["scaling", "gc", "share", "exit", "parent_policy", "startup", "executor", "lifecycle",
-         "shapes", "loader", "joblib"]
+         "shapes", "loader", "joblib", "gunicorn", "dask"]
 #: arguments of --quick, by benchmark (a full run uses each benchmark's defaults)
 QUICK_ARGS = {
     "scaling": ["--gib", "0.1", "--workers", "1,2,4"],
@@ -55,6 +55,8 @@ QUICK_ARGS = {
     "lifecycle": ["--repeat", "5", "--cycles", "10"],
     "loader": ["--quick"],
     "joblib": ["--quick"],
+    "gunicorn": ["--quick"],
+    "dask": ["--quick"],
 }
 FULL_TIMEOUT = 1800.0  # seconds, per benchmark
 QUICK_TIMEOUT = 600.0

@@ -9,6 +9,7 @@ handlers are not the child's to run.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import NoReturn
 
 from . import heap
 
-__all__ = ["exit", "pin_inherited_heap"]
+__all__ = ["exit", "finish_like_interpreter_exit", "pin_inherited_heap"]
 
 #: Whether children of a hooked ``os.fork()`` pin their inherited heap at exit.
 fast_exit_for_hooked_children = True
@@ -58,6 +59,37 @@ def exit(code: int | None = 0) -> NoReturn:  # noqa: A001 - mirrors sys.exit
         util._exit_function()
     finally:
         leave(code)
+
+
+def exit_status(code: object) -> int:
+    """The status that ``sys.exit(code)`` ends a process with: None is 0, an int is
+    itself, anything else is printed to stderr and gives 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    try:
+        print(code, file=sys.stderr)
+    except (AttributeError, ValueError, OSError):
+        pass
+    return 1
+
+
+def finish_like_interpreter_exit(code: object) -> NoReturn:
+    """End the process as the interpreter's exit would for ``sys.exit(code)``, minus the
+    teardown of the heap: ``atexit`` handlers run (logging flushes its handlers there,
+    multiprocessing runs its finalizers), stdio is flushed, and the process ends with
+    ``os._exit``.  Threads still running are not waited for.
+
+    For a forked server worker (:mod:`cowmp.gunicorn`): the handlers it inherited ran in
+    it under the normal exit too, so nothing it did before is lost; only the walk over
+    the inherited heap, which would copy every page of it, is skipped.
+    """
+    status = exit_status(code)
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        leave(status)
 
 
 def _pinnable(value: object) -> bool:

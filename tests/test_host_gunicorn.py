@@ -1,0 +1,119 @@
+"""cowmp.gunicorn with a real gunicorn on 127.0.0.1 (benchmarks/gunicorn_harness.py):
+a preloaded application holding a large dict, 2 workers, requests that read all of it,
+workers replaced after ``max_requests`` and by a HUP reload while clients keep sending.
+
+Shown: no request fails; every worker ends through cowmp (the configuration's own
+``worker_exit`` ran, the inherited heap was not torn down) where plain gunicorn tears it
+down; on 3.12+ a worker's private memory stays a small part of what plain gunicorn's
+workers copy; the module works as ``-c python:cowmp.gunicorn`` and warns in the log
+when the application is not preloaded; a worker that fails to boot keeps its status, so
+the arbiter stops as gunicorn means it to.  The figures: benchmarks/bench_gunicorn.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+
+import pytest
+from conftest import ROOT, requires_fork
+
+if importlib.util.find_spec("gunicorn") is None:
+    pytest.skip("gunicorn is not installed (pip install 'cowmp[gunicorn]')",
+                allow_module_level=True)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gunicorn_harness import Server, run_phases  # noqa: E402
+
+import cowmp.gunicorn  # noqa: E402
+
+pytestmark = requires_fork
+
+ITEMS = 200_000  # about 30 MiB that a plain worker copies by reading
+MiB = 1 << 20
+
+
+def _clean_log(server: Server) -> None:
+    log = server.log_text()
+    assert "Traceback" not in log and "exited with code" not in log, log
+
+
+def _exited_workers(server: Server, result: dict) -> set[int]:
+    return set(result["first"]) | set(result["restarted"])
+
+
+@pytest.mark.parametrize("worker_class, threads", [("sync", 1), ("gthread", 2)])
+def test_workers_end_through_cowmp_across_restarts_and_reload(tmp_path, worker_class,
+                                                               threads):
+    server = Server(tmp_path, cowmp=True, items=ITEMS, worker_class=worker_class,
+                    threads=threads, max_requests=15, user_hook=True, teardown_marker=True)
+    with server:
+        result = run_phases(server, restarts=2)
+    assert server.proc.returncode == 0
+    assert result["failures"] == [] and result["requests"] >= 30
+    assert len(result["restarted"]) >= 2 and len(result["after_hup"]) >= 2
+    every_worker = _exited_workers(server, result) | set(result["after_hup"])
+    assert every_worker <= server.marked("exits")  # the configuration's worker_exit ran
+    assert not every_worker & server.marked("torn")  # and the heap was not torn down
+    _clean_log(server)
+
+
+def test_plain_gunicorn_workers_tear_their_heap_down(tmp_path):
+    # the control: the same marker does see a teardown when cowmp does not end the worker
+    server = Server(tmp_path, cowmp=False, items=10_000, max_requests=10, user_hook=True,
+                    teardown_marker=True)
+    with server:
+        result = run_phases(server, restarts=1)
+    assert result["failures"] == []
+    # (a worker that the arbiter's SIGTERM reaches while it tears down dies of it there)
+    killed = {int(pid) for pid in re.findall(r"Worker \(pid:(\d+)\) was sent", server.log_text())}
+    exited = _exited_workers(server, result)
+    assert exited <= server.marked("exits") and exited - killed <= server.marked("torn")
+    assert len(exited - killed) >= 2
+
+
+@pytest.mark.quiet
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="objects are immortal from 3.12")
+def test_workers_that_read_everything_keep_sharing_it(tmp_path):
+    private = {}
+    for name, hooks in (("plain", False), ("cowmp", True)):
+        with Server(tmp_path / name, cowmp=hooks, items=ITEMS, max_requests=15) as server:
+            result = run_phases(server, restarts=2)
+        assert result["failures"] == []
+        private[name] = [uss for phase in ("first", "restarted", "after_hup")
+                         for uss in result[phase].values()]
+    # a plain worker copies the dict it reads (about 30 MiB); a cowmp worker almost none
+    assert min(private["plain"]) > 20 * MiB, private
+    assert max(private["cowmp"]) < min(private["plain"]) / 3, private
+
+
+def test_the_module_is_a_configuration_and_warns_without_preload(tmp_path):
+    from gunicorn.config import KNOWN_SETTINGS
+
+    args = ["--workers", "2"]
+    if any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):
+        args += ["--control-socket", str(tmp_path / "ctl")]  # gunicorn 25+: one per test
+    server = Server(tmp_path, cowmp=False, items=1000, config="python:cowmp.gunicorn",
+                    args=tuple(args))
+    with server:
+        workers = server.worker_pids()
+        answered = {server.get()["pid"] for _ in range(4)}
+    assert answered and answered <= workers
+    assert cowmp.gunicorn.NOT_PRELOADED in server.log_text()
+    _clean_log(server)
+
+
+def test_a_worker_that_fails_to_boot_keeps_its_status(tmp_path):
+    # gunicorn stops the arbiter when a worker exits with WORKER_BOOT_ERROR (3): with
+    # cowmp's hooks it stops exactly as it does without them
+    failing = "\n\ndef post_worker_init(worker):\n    raise RuntimeError('no database')\n"
+    ends = {}
+    for name, hooks in (("plain", False), ("cowmp", True)):
+        server = Server(tmp_path / name, cowmp=hooks, items=1000, extra_config=failing)
+        server.start(ready=False)
+        ends[name] = server.proc.wait(60)
+        server.stop()
+        log = server.log_text()
+        assert "exited with code 3." in log and "Worker failed to boot." in log, log
+    assert ends["cowmp"] == ends["plain"]
