@@ -3,7 +3,7 @@
 The application (written to a work directory, preloaded by the arbiter) holds a dict of
 ``items`` strings and, for each request, reads every value and answers with its pid,
 its own private memory (USS, read from /proc through psutil after the read) and the
-number of requests it has served.  With ``cowmp=True`` the configuration file adds
+number of requests it has served (``/sleep/S``: after sleeping S seconds).  With ``cowmp=True`` the configuration file adds
 cowmp's hooks (``cowmp.gunicorn.apply(globals())``) and the application shares its dict
 with ``cowmp.share()`` (unless ``share=False``); without, it is plain gunicorn with
 ``--preload``.  The listening
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = '''
 import json
 import os
+import time
 
 import psutil
 
@@ -63,6 +64,8 @@ served = 0
 def app(environ, start_response):
     global served
     served += 1
+    if environ["PATH_INFO"].startswith("/sleep/"):  # a slow request
+        time.sleep(float(environ["PATH_INFO"][len("/sleep/"):]))
     total = sum(len(value) for value in DATA.values())
     body = json.dumps({"pid": os.getpid(), "uss": psutil.Process().memory_full_info().uss,
                        "served": served, "total": total}).encode()
@@ -227,8 +230,9 @@ class Server:
         return {int(path.name) for path in (self.workdir / kind).iterdir()}
 
     # requests -------------------------------------------------------------------------
-    def get(self, timeout: float = 60) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=timeout) as r:
+    def get(self, path: str = "/", timeout: float = 60) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}",
+                                    timeout=timeout) as r:
             if r.status != 200:
                 raise OSError(f"status {r.status}")
             return json.loads(r.read())

@@ -21,7 +21,7 @@ or added to a configuration file of one's own (its hooks keep running, see :func
 
 What the application passes to :func:`cowmp.share` while it loads is immortal on 3.12+:
 workers that read it copy none of it.  gunicorn itself is not imported here; the hooks
-receive its objects.  docs/design.md §14 explains the protocol for servers.
+receive its objects.  docs/design.md §13 explains the protocol for servers.
 """
 
 from __future__ import annotations

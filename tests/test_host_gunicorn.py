@@ -12,9 +12,17 @@ the arbiter stops as gunicorn means it to.  The figures: benchmarks/bench_gunico
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+import urllib.request
 
 import pytest
 from conftest import ROOT, requires_fork
@@ -24,11 +32,17 @@ if importlib.util.find_spec("gunicorn") is None:
                 allow_module_level=True)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gunicorn_harness import Server, run_phases  # noqa: E402
+from gunicorn_harness import Server, expected_total, run_phases  # noqa: E402
 
 import cowmp.gunicorn  # noqa: E402
 
 pytestmark = requires_fork
+
+#: before gunicorn 25, gthread workers drop requests while they restart, with cowmp or
+#: without it (measured with 22.0.0 and 23.0.0: connections reset or closed unanswered)
+GTHREAD_DROPS = int(importlib.metadata.version("gunicorn").split(".")[0]) < 25
+GTHREAD = pytest.param("gthread", 2, marks=pytest.mark.skipif(
+    GTHREAD_DROPS, reason="gunicorn < 25 drops gthread requests across restarts"))
 
 ITEMS = 200_000  # about 30 MiB that a plain worker copies by reading
 MiB = 1 << 20
@@ -36,14 +50,15 @@ MiB = 1 << 20
 
 def _clean_log(server: Server) -> None:
     log = server.log_text()
-    assert "Traceback" not in log and "exited with code" not in log, log
+    for trouble in ("Traceback", "exited with code", "was sent", "ForkWithThreadsWarning"):
+        assert trouble not in log, log
 
 
 def _exited_workers(server: Server, result: dict) -> set[int]:
     return set(result["first"]) | set(result["restarted"])
 
 
-@pytest.mark.parametrize("worker_class, threads", [("sync", 1), ("gthread", 2)])
+@pytest.mark.parametrize("worker_class, threads", [("sync", 1), GTHREAD])
 def test_workers_end_through_cowmp_across_restarts_and_reload(tmp_path, worker_class,
                                                                threads):
     server = Server(tmp_path, cowmp=True, items=ITEMS, worker_class=worker_class,
@@ -56,6 +71,29 @@ def test_workers_end_through_cowmp_across_restarts_and_reload(tmp_path, worker_c
     every_worker = _exited_workers(server, result) | set(result["after_hup"])
     assert every_worker <= server.marked("exits")  # the configuration's worker_exit ran
     assert not every_worker & server.marked("torn")  # and the heap was not torn down
+    _clean_log(server)
+
+
+@pytest.mark.parametrize("worker_class, threads", [("sync", 1), GTHREAD])
+def test_a_reload_lets_a_slow_request_finish_before_its_worker_ends(tmp_path, worker_class,
+                                                                   threads):
+    server = Server(tmp_path, cowmp=True, items=1000, worker_class=worker_class,
+                    threads=threads, user_hook=True)
+    answer: dict = {}
+    with server:
+        before = server.worker_pids()
+        slow = threading.Thread(target=lambda: answer.update(server.get("/sleep/2")))
+        slow.start()
+        time.sleep(0.5)  # the request is in a worker now
+        server.proc.send_signal(signal.SIGHUP)
+        slow.join(60)
+        deadline = time.monotonic() + 60
+        while server.worker_pids() & before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.worker_pids() & before  # every old worker ended...
+        assert answer["pid"] in before  # ...the one serving the slow request after it
+    assert answer["total"] == expected_total(1000)
+    assert before <= server.marked("exits")
     _clean_log(server)
 
 
@@ -105,15 +143,58 @@ def test_the_module_is_a_configuration_and_warns_without_preload(tmp_path):
 
 
 def test_a_worker_that_fails_to_boot_keeps_its_status(tmp_path):
-    # gunicorn stops the arbiter when a worker exits with WORKER_BOOT_ERROR (3): with
-    # cowmp's hooks it stops exactly as it does without them
+    # gunicorn stops the arbiter when a worker exits with WORKER_BOOT_ERROR (3), with
+    # cowmp's hooks as without them.  (The arbiter's own status is 3, or 1 when its
+    # HaltServer is raised again while it stops: a race of gunicorn's, either way.)
     failing = "\n\ndef post_worker_init(worker):\n    raise RuntimeError('no database')\n"
-    ends = {}
     for name, hooks in (("plain", False), ("cowmp", True)):
         server = Server(tmp_path / name, cowmp=hooks, items=1000, extra_config=failing)
         server.start(ready=False)
-        ends[name] = server.proc.wait(60)
+        assert server.proc.wait(60) in (1, 3)
         server.stop()
         log = server.log_text()
-        assert "exited with code 3." in log and "Worker failed to boot." in log, log
-    assert ends["cowmp"] == ends["plain"]
+        assert re.search(r"exited with code 3\b", log) and "Worker failed to boot" in log, log
+
+
+def _readme_block(marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [block for block in blocks if marker in block]
+    assert len(found) == 1, f"the README has {len(found)} blocks with {marker!r}"
+    return found[0]
+
+
+def test_the_readmes_configuration_and_application_serve(tmp_path):
+    # the README's gunicorn.conf.py and app.py, as they are, under a real gunicorn
+    from gunicorn.config import KNOWN_SETTINGS
+
+    (tmp_path / "gunicorn.conf.py").write_text(_readme_block("# gunicorn.conf.py"))
+    (tmp_path / "app.py").write_text(_readme_block("# app.py"))
+    args = ["--workers", "2"]
+    if any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):
+        args += ["--control-socket", str(tmp_path / "ctl")]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args,
+             "--bind", f"fd://{listener.fileno()}", "app:app"],
+            cwd=tmp_path, env=env, pass_fds=[listener.fileno()],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while body is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/key-42",
+                                            timeout=10) as answer:
+                    body = answer.read()
+            except OSError:
+                time.sleep(0.1)
+        assert body == b"value-42"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, log
+    assert log.count(" done") >= 2, log  # the configuration's worker_exit, in each worker

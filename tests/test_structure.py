@@ -1,4 +1,4 @@
-"""The package's structure, as docs/design.md §13 states it: no import cycle between
+"""The package's structure, as docs/design.md §14 states it: no import cycle between
 cowmp's modules, no private name imported from another of them, loky imported by the
 fallback alone, and every module opening with a docstring that says what it owns."""
 
