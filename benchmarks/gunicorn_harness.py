@@ -3,8 +3,8 @@
 The application (written to a work directory, preloaded by the arbiter) holds a dict of
 ``items`` strings and, for each request, reads every value and answers with its pid,
 its own private memory (USS, read from /proc through psutil after the read) and the
-number of requests it has served (``/sleep/S``: after sleeping S seconds).  With ``cowmp=True`` the configuration file adds
-cowmp's hooks (``cowmp.gunicorn.apply(globals())``) and the application shares its dict
+number of requests it has served (``/sleep/S``: after sleeping S seconds).  With
+``cowmp=True`` the configuration file adds cowmp's hooks (``cowmp.gunicorn.apply(globals())``) and the application shares its dict
 with ``cowmp.share()`` (unless ``share=False``); without, it is plain gunicorn with
 ``--preload``.  The listening
 socket is bound here on an ephemeral port and handed to gunicorn as ``fd://N``.
