@@ -4,10 +4,11 @@ The application (written to a work directory, preloaded by the arbiter) holds a 
 ``items`` strings and, for each request, reads every value and answers with its pid,
 its own private memory (USS, read from /proc through psutil after the read) and the
 number of requests it has served (``/sleep/S``: after sleeping S seconds).  With
-``cowmp=True`` the configuration file adds cowmp's hooks (``cowmp.gunicorn.apply(globals())``) and the application shares its dict
-with ``cowmp.share()`` (unless ``share=False``); without, it is plain gunicorn with
-``--preload``.  The listening
-socket is bound here on an ephemeral port and handed to gunicorn as ``fd://N``.
+``cowmp=True`` the configuration file adds cowmp's hooks
+(``cowmp.gunicorn.apply(globals())``) and the application shares its dict with
+``cowmp.share()`` (unless ``share=False``); without, it is plain gunicorn with
+``--preload``.  The listening socket is bound here on an ephemeral port and handed to
+gunicorn as ``fd://N``.
 
 Test switches: ``user_hook`` adds a ``worker_exit`` of the configuration's own, which
 records each exiting worker's pid in ``exits/``; ``teardown_marker`` gives the
