@@ -143,9 +143,7 @@ class ForkServer:
                     fds = [server_commands.fileno(), server_events.fileno(), slot_fd,
                            *(their.fileno() for their in theirs)]
                     command = spawn.get_command_line()
-                    command = [*command[:command.index("-c")], "-c",
-                               "from cowmp.fork_server import serve_in_new_interpreter "
-                               "as serve; serve()", *map(str, fds)]
+                    command = [*command[:command.index("-c")], "-c", _SERVE, *map(str, fds)]
                     self.process = subprocess.Popen(command, pass_fds=fds)
                 finally:
                     os.close(slot_fd)
@@ -396,6 +394,13 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
             raise EOFError("the executor's process closed the fork server's socket")
         data += chunk
     return data
+
+
+#: the new interpreter's program: this very cowmp first (the parent may have found it
+#: through a sys.path of its own, which spawn.prepare() applies only once cowmp runs)
+_SERVE = (f"import sys; sys.path.insert(0, "
+          f"{os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
+          "from cowmp.fork_server import serve_in_new_interpreter as serve; serve()")
 
 
 def serve_in_new_interpreter() -> NoReturn:

@@ -141,3 +141,33 @@ def test_a_failing_loader_breaks_the_pool_with_a_message_that_names_it(capfd):
 def test_the_loader_must_be_callable():
     with pytest.raises(TypeError, match="loader must be a callable"):
         CowProcessPoolExecutor(1, loader=42)
+
+
+@requires_fork
+def test_the_fork_server_runs_the_cowmp_that_the_parent_imported(tmp_path):
+    # a copy of cowmp found only through the parent's own sys.path: the new interpreter
+    # must import that one (not an installed one, and not fail)
+    import shutil
+
+    from conftest import run_script
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(os.path.dirname(cowmp.__file__), elsewhere / "cowmp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    run = run_script(f"""
+        import sys
+        sys.path.insert(0, {str(elsewhere)!r})
+        import cowmp
+
+        def where():
+            import cowmp
+            return cowmp.__file__
+
+        def loaded(_):
+            return cowmp.loaded()
+
+        if __name__ == "__main__":
+            with cowmp.CowProcessPoolExecutor(1, loader=where) as ex:
+                print(cowmp.__file__ == ex.submit(loaded, 0).result(timeout=60))
+        """, cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.split() == ["True"], run.stderr
