@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 
+import psutil
 import pytest
 from conftest import ROOT, requires_fork
 
@@ -95,6 +96,38 @@ def test_a_reload_lets_a_slow_request_finish_before_its_worker_ends(tmp_path, wo
     assert answer["total"] == expected_total(1000)
     assert before <= server.marked("exits")
     _clean_log(server)
+
+
+def test_ctrl_c_stops_the_server_and_every_worker_ends_through_cowmp(tmp_path):
+    # SIGINT is gunicorn's quick shutdown: workers get SIGQUIT and sys.exit(0) at once
+    server = Server(tmp_path, cowmp=True, items=1000, user_hook=True, teardown_marker=True)
+    server.start()
+    workers = server.worker_pids()
+    assert server.get()["total"] == expected_total(1000)
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(60) == 0
+    server.stop()
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
+                   != psutil.STATUS_ZOMBIE for pid in workers)
+    assert workers <= server.marked("exits") and not workers & server.marked("torn")
+
+
+def test_a_timed_out_worker_is_aborted_and_replaced(tmp_path):
+    # past gunicorn's timeout the arbiter sends SIGABRT, and the worker raises
+    # SystemExit(1) from the request it is stuck in
+    server = Server(tmp_path, cowmp=True, items=1000, workers=1, teardown_marker=True,
+                    extra_config="\ntimeout = 1\n")
+    with server:
+        stuck = server.worker_pids()
+        with pytest.raises(OSError):
+            server.get("/sleep/30", timeout=30)
+        deadline = time.monotonic() + 30
+        while server.worker_pids() & stuck and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.get()["pid"] not in stuck  # a replacement serves
+    log = server.log_text()
+    assert "WORKER TIMEOUT" in log and "SystemExit: 1" in log, log
+    assert not stuck & server.marked("torn")  # it still ended through cowmp
 
 
 def test_plain_gunicorn_workers_tear_their_heap_down(tmp_path):
