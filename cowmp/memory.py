@@ -254,6 +254,7 @@ def copied_since_fork(pid: int | None = None) -> int | None:
 
 _ROLE_BY_COMMAND = (
     ("multiprocessing.forkserver", "fork server"),
+    ("cowmp.fork_server import serve_in_new_interpreter", "fork server"),  # loader=
     ("resource_tracker", "resource tracker"),
     ("semaphore_tracker", "resource tracker"),
 )

@@ -266,9 +266,15 @@ def test_mem_rejects_bad_input(args, message):
 # -- the executor ---------------------------------------------------------------------------
 
 
+def _load_nothing():
+    return None
+
+
 @requires_fork
-def test_executor_reports_parent_fork_server_and_workers():
-    with cowmp.CowProcessPoolExecutor(2) as executor:
+@pytest.mark.parametrize("loader", [None, _load_nothing], ids=["snapshot", "loader"])
+def test_executor_reports_parent_fork_server_and_workers(loader):
+    # with a loader the fork server is a new interpreter, not a fork of the parent
+    with cowmp.CowProcessPoolExecutor(2, loader=loader) as executor:
         list(executor.map(_pid, range(4)))
         # a worker's pid is known once the fork server reports it
         assert wait_for(lambda: len(executor.worker_pids) == 2, 30), executor.worker_pids
