@@ -13,7 +13,8 @@ import nox
 PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
 
 nox.options.error_on_missing_interpreters = False  # a machine with one Python still passes
-nox.options.sessions = ["lint", "tests", "fallback", "oldest_loky", "hosts", "cpython"]
+nox.options.sessions = ["lint", "tests", "fallback", "oldest_loky", "hosts", "servers",
+                        "cpython"]
 nox.options.reuse_existing_virtualenvs = True
 
 # where a C compiler is present, the C helper of cowmp.share() must have been built
@@ -47,14 +48,27 @@ def oldest_loky(session: nox.Session) -> None:
     session.run("pytest", *session.posargs, env={"COWMP_FORCE_FALLBACK": "1", **HELPER})
 
 
+HOST_TESTS = ["tests/test_host_joblib.py", "tests/test_host_jupyter.py",
+              "tests/test_host_pytorch.py", "tests/test_host_gunicorn.py",
+              "tests/test_host_dask.py", "tests/test_docs_and_examples.py"]
+
+
 @nox.session(python="3.11")
 def hosts(session: nox.Session) -> None:
     """The optional hosts: joblib and scikit-learn (the "cowfork" backend), a Jupyter
-    notebook run headless, and the README blocks and examples that use them.  PyTorch
-    (about 3 GB) is left to machines that have it: its tests skip here, saying so."""
-    session.install("-e", ".[test,joblib,jupyter]")
-    session.run("pytest", "tests/test_host_joblib.py", "tests/test_host_jupyter.py",
-                "tests/test_host_pytorch.py", "tests/test_docs_and_examples.py",
+    notebook run headless, gunicorn (a real server on 127.0.0.1), Dask (a LocalCluster),
+    and the README blocks and examples that use them.  PyTorch (about 3 GB) is left to
+    machines that have it: its tests skip here, saying so."""
+    session.install("-e", ".[test,joblib,jupyter,gunicorn,dask]")
+    session.run("pytest", *HOST_TESTS, *session.posargs, env=HELPER)
+
+
+@nox.session(python="3.12")
+def servers(session: nox.Session) -> None:
+    """gunicorn and Dask again on 3.12, where shared objects are immortal: the memory
+    that their workers keep sharing is checked there."""
+    session.install("-e", ".[test,gunicorn,dask]")
+    session.run("pytest", "tests/test_host_gunicorn.py", "tests/test_host_dask.py",
                 *session.posargs, env=HELPER)
 
 

@@ -16,7 +16,8 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 #: optional hosts a README block or an example may import, and where they are tested
 HOSTS = {"torch": "tests/test_host_pytorch.py", "joblib": "tests/test_host_joblib.py",
-         "sklearn": "tests/test_host_joblib.py", "numpy": "tests/test_host_joblib.py"}
+         "sklearn": "tests/test_host_joblib.py", "numpy": "tests/test_host_joblib.py",
+         "dask": "tests/test_host_dask.py", "distributed": "tests/test_host_dask.py"}
 
 
 def _skip_without_hosts(code: str) -> None:

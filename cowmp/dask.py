@@ -1,0 +1,325 @@
+"""Dask's ``distributed`` integration: a worker plugin that gives each Dask worker a
+:class:`~cowmp.CowProcessPoolExecutor` whose data is loaded once (cowmp.dask).
+
+:class:`CowExecutorPlugin` owns the executor's life on a Dask worker: ``setup`` starts it
+(its fork server a new interpreter, since a Dask worker runs threads: the server imports
+``distributed``, runs the loader once, shares what it returns and forks the workers,
+which read it through :func:`cowmp.loaded`), waits until the data is loaded, and
+registers it as ``worker.executors[name]``; ``teardown`` unregisters it and shuts it
+down.  Tasks annotated ``dask.annotate(executor=name)`` then run in its processes.
+
+:class:`RetryingExecutor` owns healing as Dask sees it: the executor registered with Dask
+is a thin :class:`concurrent.futures.Executor` over the pool, which runs a task again
+when the process running it died (:class:`cowmp.WorkerDiedError`: the pool has replaced
+the process already), up to ``retries`` times, and then lets the error through, so that
+Dask reports it as the task's error.  Dask itself sees one call that returned late: no
+task is lost, the Dask worker is not restarted, and nothing depends on the form of
+Dask's private result messages.
+
+Only this module imports ``distributed`` (``import cowmp`` does not import it); without
+it, importing this module raises an ImportError that says what to install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, InvalidStateError
+from typing import TYPE_CHECKING, Any
+
+try:
+    from distributed import WorkerPlugin
+    from distributed.core import Status
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"cowmp.dask needs Dask's distributed package ({error}): "
+        "pip install 'cowmp[dask]'"
+    ) from error
+
+from .crashes import WorkerDiedError
+from .executor import CowProcessPoolExecutor
+from .memory import parse_size
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+__all__ = ["DASK_EXECUTORS", "CowExecutorPlugin", "RetryingExecutor"]
+
+#: the executors every Dask worker has of its own: a plugin cannot take their names
+DASK_EXECUTORS = frozenset({"default", "offload", "actor"})
+
+#: executor options the plugin passes on (``mp_context`` is not one: the fork server is
+#: always a new interpreter, the only safe start in a process that runs threads)
+_OPTIONS = ("initializer", "initargs", "max_tasks_per_child", "task_timeout",
+            "max_private_memory_per_child")
+
+
+def _check_count(value: object, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The executor options, checked here, on the client, rather than later on each
+    worker (as :class:`~cowmp.CowProcessPoolExecutor` checks them)."""
+    if "mp_context" in options:
+        raise TypeError("CowExecutorPlugin takes no mp_context: on a Dask worker the fork "
+                        "server always starts as a new interpreter (the worker runs threads)")
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(f"CowExecutorPlugin got unexpected keyword argument(s) "
+                        f"{', '.join(unknown)} (executor options: {', '.join(_OPTIONS)})")
+    checked = dict(options)
+    initializer = checked.get("initializer")
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be a callable, not {type(initializer).__name__}")
+    if "initargs" in checked:
+        checked["initargs"] = tuple(checked["initargs"])
+    if checked.get("max_tasks_per_child") is not None:
+        _check_count(checked["max_tasks_per_child"], "max_tasks_per_child", 1)
+    timeout = checked.get("task_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"task_timeout must be a positive number of seconds, not {timeout!r}")
+    if checked.get("max_private_memory_per_child") is not None:
+        parse_size(checked["max_private_memory_per_child"], "max_private_memory_per_child")
+    return checked
+
+
+class _Loader:
+    """What the fork server runs as the executor's loader: it imports ``distributed``
+    first (a Dask task arrives as a call of ``distributed.worker``'s function, which every
+    worker would otherwise import on its own, in private memory), then the user's loader.
+    Its repr is the user loader's, so that a loader error names it."""
+
+    def __init__(self, loader: Callable[..., object] | None, args: tuple) -> None:
+        self.loader = loader
+        self.args = args
+
+    def __call__(self) -> object:
+        import distributed.worker  # noqa: F401 - inherited by every worker
+
+        return None if self.loader is None else self.loader(*self.args)
+
+    def __repr__(self) -> str:
+        return repr(self.loader)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+class RetryingExecutor(Executor):
+    """A :class:`concurrent.futures.Executor` over ``executor`` that runs a task again,
+    up to ``retries`` times, when the worker process running it died
+    (:class:`cowmp.WorkerDiedError`; the pool has replaced that process already), then
+    lets the last error through.  Other errors (the task's own, a timeout, a pickling
+    error, a broken pool) pass at once.  The wrapped executor is ``.executor``;
+    ``.retried`` counts the runs started again."""
+
+    def __init__(self, executor: CowProcessPoolExecutor, retries: int = 1) -> None:
+        if not isinstance(executor, CowProcessPoolExecutor):
+            raise TypeError(f"executor must be a cowmp.CowProcessPoolExecutor, not "
+                            f"{type(executor).__name__}")
+        _check_count(retries, "retries", 0)
+        self.executor = executor
+        self.retries = retries
+        self.retried = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` on the wrapped executor; the Future completes
+        with its result, or its last error once the retries are spent."""
+        outer: Future = Future()
+        _Attempts(self, outer, fn, args, kwargs).start()
+        return outer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut the wrapped executor down (its own ``shutdown``)."""
+        self.executor.shutdown(wait, cancel_futures=cancel_futures)
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.retried += 1
+
+    def __repr__(self) -> str:
+        return f"<RetryingExecutor retries={self.retries} over {self.executor!r}>"
+
+
+class _Attempts:
+    """One task's runs on a :class:`RetryingExecutor`, behind one outer Future."""
+
+    def __init__(self, owner: RetryingExecutor, outer: Future, fn: Callable[..., Any],
+                 args: tuple, kwargs: dict[str, Any]) -> None:
+        self.owner, self.outer = owner, outer
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.left = owner.retries
+        self.current: Future | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        """The first run: an error submitting it (executor shut down, pool broken) is
+        raised here, as ``submit`` raises it."""
+        self.watch(self.owner.executor.submit(self.fn, *self.args, **self.kwargs))
+        self.outer.add_done_callback(self.outer_done)
+
+    def watch(self, inner: Future) -> None:
+        with self.lock:
+            self.current = inner
+        inner.add_done_callback(self.inner_done)
+
+    def outer_done(self, outer: Future) -> None:
+        if outer.cancelled():  # the caller cancelled (asyncio does, for a cancelled await)
+            with self.lock:
+                current = self.current
+            if current is not None:
+                current.cancel()
+
+    def inner_done(self, inner: Future) -> None:
+        """Runs where the inner Future completes (the pool's manager thread): settle the
+        outer Future, or submit the task once more (no blocking here)."""
+        if self.outer.done():
+            return
+        if inner.cancelled():  # the pool was shut down with cancel_futures
+            # Dask awaits the outer Future: a CancelledError there would end its execute()
+            # coroutine, not the task; a RuntimeError is reported as the task's error
+            self.settle(error=RuntimeError(
+                "the cowmp executor was shut down before the task ran (its Dask plugin "
+                "was removed, or the worker is closing)"))
+            return
+        error = inner.exception()
+        if isinstance(error, WorkerDiedError) and self.left > 0:
+            self.left -= 1
+            try:
+                again = self.owner.executor.submit(self.fn, *self.args, **self.kwargs)
+            except Exception as refused:  # noqa: BLE001 - shut down meanwhile: the death wins
+                error.__context__ = refused
+            else:
+                self.owner._count_retry()
+                self.watch(again)
+                if self.outer.cancelled():  # meanwhile: outer_done saw the previous run
+                    again.cancel()
+                return
+        if error is None:
+            self.settle(result=inner.result())
+        else:
+            self.settle(error=error)
+
+    def settle(self, *, result: Any = None, error: BaseException | None = None) -> None:
+        try:
+            if error is None:
+                self.outer.set_result(result)
+            else:
+                self.outer.set_exception(error)
+        except InvalidStateError:
+            pass  # cancelled by the caller meanwhile
+
+
+class CowExecutorPlugin(WorkerPlugin):
+    """A Dask worker plugin: each worker gets a :class:`~cowmp.CowProcessPoolExecutor` of
+    ``max_workers`` processes (default: the worker's ``nthreads``, as many tasks as it
+    runs at once), registered as ``worker.executors[name]``.
+
+    ``loader(*loader_args)`` runs once per Dask worker, in the executor's fork server (a
+    new interpreter); what it returns is shared by the executor's processes, which read
+    it through :func:`cowmp.loaded`.  Run tasks there with
+    ``with dask.annotate(executor=name): client.submit(...)``; tasks not annotated stay on
+    Dask's threads.  A task whose process dies is run again up to ``retries`` times
+    (:class:`RetryingExecutor`) before Dask sees :class:`cowmp.WorkerDiedError`.
+
+    A Dask worker runs at most ``nthreads`` tasks at once, whichever executor runs them:
+    give it as many threads as it should run processes (``--nthreads``,
+    ``threads_per_worker``); processes beyond that stay idle.
+
+    ``executor_options``: ``initializer``, ``initargs``, ``max_tasks_per_child``,
+    ``task_timeout``, ``max_private_memory_per_child``, as for the executor.  ``name`` is
+    also the plugin's name: registering another plugin of that name replaces this one.
+
+    ``client.register_plugin(CowExecutorPlugin(...))`` returns once every worker's
+    executor has loaded its data and started a process; a loader that fails makes it
+    raise that error (named).  Tasks and results travel to the processes by value.
+    """
+
+    def __init__(self, name: str = "cowmp", max_workers: int | None = None,
+                 loader: Callable[..., object] | None = None,
+                 loader_args: Iterable[Any] = (), retries: int = 1,
+                 **executor_options: Any) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name.strip():
+            raise ValueError("name must be a non-empty string (the executor's name in "
+                             "dask.annotate(executor=...))")
+        if name in DASK_EXECUTORS:
+            raise ValueError(f"name {name!r} is one of Dask's own executors "
+                             f"({', '.join(sorted(DASK_EXECUTORS))}): choose another")
+        if max_workers is not None:
+            _check_count(max_workers, "max_workers", 1)
+        if loader is not None and not callable(loader):
+            raise TypeError(f"loader must be a callable, not {type(loader).__name__}")
+        if isinstance(loader_args, (str, bytes)) or not isinstance(loader_args, Iterable):
+            raise TypeError(f"loader_args must be a tuple of arguments, not "
+                            f"{type(loader_args).__name__}")
+        loader_args = tuple(loader_args)
+        if loader is None and loader_args:
+            raise ValueError("loader_args given without a loader")
+        _check_count(retries, "retries", 0)
+        self.name = name
+        self.max_workers = max_workers
+        self.loader = loader
+        self.loader_args = loader_args
+        self.retries = retries
+        self.executor_options = _check_options(executor_options)
+        self._executor: RetryingExecutor | None = None  # on the worker, after setup
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_executor"] = None  # an executor is not sent anywhere
+        return state
+
+    def __repr__(self) -> str:
+        return (f"CowExecutorPlugin(name={self.name!r}, max_workers={self.max_workers!r}, "
+                f"loader={self.loader!r}, retries={self.retries!r})")
+
+    @property
+    def executor(self) -> RetryingExecutor | None:
+        """On a worker after ``setup``: the executor registered with Dask (its pool is
+        ``.executor.executor``); None elsewhere."""
+        return self._executor
+
+    async def setup(self, worker: Worker) -> None:
+        """Start the executor, wait until its fork server has loaded the data and a
+        process has started, and register it as ``worker.executors[name]``."""
+        if self.name in worker.executors:
+            raise ValueError(f"this Dask worker has an executor named {self.name!r} "
+                             "already: give the plugin another name")
+        workers = self.max_workers or worker.state.nthreads
+        pool = CowProcessPoolExecutor(
+            workers, loader=_Loader(self.loader, self.loader_args), **self.executor_options)
+        try:
+            await asyncio.wrap_future(pool.submit(_ready))
+        except BaseException:
+            pool.kill_workers()
+            raise
+        self._executor = RetryingExecutor(pool, self.retries)
+        worker.executors[self.name] = self._executor
+
+    async def teardown(self, worker: Worker) -> None:
+        """Unregister the executor and shut it down; every process of it has exited when
+        this returns.  The plugin removed from a running worker: queued tasks are
+        cancelled (Dask gets a RuntimeError for them) and running ones finish.  The
+        worker closing (Dask has cancelled its tasks already): the processes are
+        terminated at once (SIGTERM, then SIGKILL half a second later), so that a long
+        task does not hold up the close until the nanny kills the worker."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if worker.executors.get(self.name) is executor:
+            del worker.executors[self.name]
+        if worker.status in (Status.closing, Status.closed, Status.failed):
+            await asyncio.to_thread(executor.executor.terminate_workers)
+        else:
+            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
