@@ -9,8 +9,9 @@ cluster start threads, and this project's pytest settings make a fork beside the
 the client and, since the module is imported again by spawned Dask workers and by the
 executors' fork servers, there as well.  The module is skipped through
 ``importlib.util.find_spec``, which imports nothing.  Argument checks and
-:class:`cowmp.dask.RetryingExecutor` are tested in this process: importing distributed
-starts no thread and imports no NumPy.
+:class:`cowmp.dask.RetryingExecutor` are tested in this process; importing distributed
+imports NumPy where it is installed, whose OpenBLAS starts threads, so the pools made
+here start their fork server as a new interpreter (``loader=``), never forking this one.
 """
 
 from __future__ import annotations
@@ -461,6 +462,17 @@ def test_the_plugin_pickles_without_its_executor():
         assert copy.loader is _loader and copy.executor_options == plugin.executor_options
 
 
+def _pool(workers):
+    """A pool whose fork server is a new interpreter, as the plugin's: importing
+    distributed here may have imported NumPy, whose OpenBLAS threads make a fork of this
+    process unsafe (and an error under this project's pytest settings)."""
+    return cowmp.CowProcessPoolExecutor(workers, loader=_no_data)
+
+
+def _no_data():
+    return None
+
+
 def _die_first(marker_dir, name, value):
     """Kill this process the first time ``name`` runs; return ``value`` afterwards."""
     runs = _runs(marker_dir, name)
@@ -484,7 +496,7 @@ def _runs(marker_dir, name):
 def test_retrying_executor_runs_a_task_again_after_its_process_died(tmp_path):
     from cowmp.dask import RetryingExecutor
 
-    with cowmp.CowProcessPoolExecutor(2) as pool:
+    with _pool(2) as pool:
         ex = RetryingExecutor(pool, retries=1)
         assert ex.submit(_die_first, str(tmp_path), "a", 7).result(timeout=60) == 7
         assert _runs(tmp_path, "a") == 2 and ex.retried == 1
@@ -509,7 +521,7 @@ def test_retrying_executor_gives_up_after_its_retries(tmp_path):
     def always_dies():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    with cowmp.CowProcessPoolExecutor(1) as pool:
+    with _pool(1) as pool:
         ex = RetryingExecutor(pool, retries=2)
         with pytest.raises(cowmp.WorkerDiedError):
             ex.submit(always_dies).result(timeout=60)
@@ -525,6 +537,6 @@ def test_retrying_executor_checks_its_arguments():
         RetryingExecutor(object())
     with ThreadPoolExecutor(1) as threads, pytest.raises(TypeError, match="not Thread"):
         RetryingExecutor(threads)
-    with cowmp.CowProcessPoolExecutor(1) as pool:
+    with _pool(1) as pool:
         with pytest.raises(ValueError, match="retries must be >= 0"):
             RetryingExecutor(pool, retries=-2)

@@ -144,3 +144,13 @@ def test_apply_runs_cowmps_exit_even_when_the_own_hook_raises(monkeypatch):
 def test_apply_rejects_a_hook_that_is_not_a_function():
     with pytest.raises(TypeError, match="worker_exit is str, not a function"):
         hooks.apply({"worker_exit": "cleanup"})
+
+
+def test_neither_cowmp_nor_its_hooks_import_gunicorn():
+    run = run_script("""
+        import sys
+        import cowmp
+        import cowmp.gunicorn
+        print(sorted(name for name in sys.modules if name.split(".")[0] == "gunicorn"))
+        """)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
