@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import requires_fork
 
 import cowmp
 from cowmp import demo
@@ -20,15 +21,21 @@ def _demo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def _table(stdout: str) -> dict[str, list[str]]:
+    """The table's rows by label: [total PSS, private/worker, copied, start-up, work]."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("start method"))
     rows = {}
     for line in lines[start + 1:]:
         label = line[:18].strip()
-        if not label or label.startswith(("cowmp.share", "Python", "total", "chart")):
+        if not label or not line[18:].strip().split()[1:2] == ["MiB"]:
             break
-        rows[label] = line[18:].split()
+        figures = line[18:].replace(" MiB", "").replace("own copy", "own-copy").split()
+        rows[label] = figures
     return rows
+
+
+def _mib(text: str) -> float:
+    return float(text.replace(",", ""))
 
 
 @pytest.mark.quiet  # compares the private memory of the workers of two start methods
@@ -40,14 +47,66 @@ def test_quick_demo_prints_every_method_side_by_side():
     methods = [label.split()[0] for label in table]
     assert methods[-1] == "cowfork" and "loky" in methods
     assert ("forkserver" in methods or "spawn" in methods)
-    for figures in table.values():  # total PSS, private/worker, %, start-up, work
-        assert figures[1] == "MiB" and figures[3] == "MiB"
-        assert float(figures[0].replace(",", "")) > 0 and float(figures[5]) >= 0
+    for label, (total, private, copied, startup, work) in table.items():
+        assert _mib(total) > 0 and _mib(private) > 0 and float(startup) >= 0
+        assert float(work) >= 0
+        inherited = label.split()[0] in ("fork", "cowfork") and not cowmp.FALLBACK
+        if inherited:  # a part of the parent's memory: never above 100%
+            assert copied.endswith("%") and 0 <= float(copied[:-1]) <= 100, copied
+        else:
+            assert copied == "own-copy"
+    assert "PSS: a process's own pages plus its share" in out.stdout  # the legend
+    if not cowmp.FALLBACK:
+        fork = table["fork"]
+        cow = table["cowfork + share()" if CAN_IMMORTALIZE else "cowfork"]
+        # read (3.12+): fork's workers copy what they read; collect (3.10, 3.11): what
+        # their collections write.  cowfork's workers copy next to nothing either way.
+        assert _mib(cow[1]) < _mib(fork[1]) / 4, (cow, fork)
     if not cowmp.FALLBACK and CAN_IMMORTALIZE:
-        cow = float(table["cowfork + share()"][2])
-        fork = float(table["fork"][2])
-        assert cow < fork / 4, (cow, fork)  # the workers copied what they read under fork
-        assert "cowmp.share() took" in out.stdout
+        assert "cowmp.share() took" in out.stdout and "µs a tuple" in out.stdout
+    elif not cowmp.FALLBACK:
+        assert "full collections and read nothing" in out.stdout
+        assert "reading an object writes its reference count" in out.stdout
+        assert "a forked child's exit over the data set" in out.stdout
+
+
+@requires_fork
+def test_the_exit_line_shows_the_teardown_copying_what_cowmp_exit_does_not():
+    demo.build(50_000)
+    try:
+        cost = demo.exit_cost()
+    finally:
+        demo._release_data()
+    # the teardown writes every object of the data set (several MiB); cowmp.exit() ends
+    # with os._exit: a few pages (the exit's own)
+    assert cost.teardown_faults * demo.PAGE > 4 * demo.MiB, cost
+    assert cost.cowmp_faults < cost.teardown_faults / 10, cost
+    assert "cowmp.exit()" in cost.line()
+
+
+@requires_fork
+@pytest.mark.parametrize("workload", demo.WORKLOADS)
+def test_each_workload_runs_and_a_forked_worker_copies_little_under_cowfork(workload):
+    demo.build(20_000)
+    try:
+        row = demo.run_method("cowfork", 1, share=False, workload=workload)
+    finally:
+        demo._release_data()
+    assert row.workload == workload and row.copied_share is not None
+    assert 0 <= row.copied_share <= 1
+
+
+def test_an_unknown_workload_is_refused():
+    with pytest.raises(ValueError, match="unknown workload 'write'"):
+        demo.run_method("cowfork", 1, workload="write")
+    out = _demo("--workload", "write", timeout=60)
+    assert out.returncode == 2 and "invalid choice: 'write'" in out.stderr
+
+
+def test_the_data_set_size_is_the_same_on_every_run():
+    sizes = {demo.build(10_000)[0] for _ in range(3)}
+    demo._release_data()
+    assert len(sizes) == 1
 
 
 def test_run_method_reports_each_worker():
