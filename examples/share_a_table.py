@@ -37,6 +37,6 @@ if __name__ == "__main__":
     for w in workers:
         w.join()
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
-    print("characters in the table's keys:", total)
+    print("characters in the table's value strings, read by the workers:", total)
     print("private memory per worker:",
           ", ".join(f"{private / 2**20:.1f} MiB" for _, private in reports))
