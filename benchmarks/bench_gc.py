@@ -1,6 +1,6 @@
 """A child that runs three full collections over an inherited heap: how much does it copy?
 
-Target (issue 2): with cowfork the child's private memory (USS) stays ≤ 2% of the
+Target: with cowfork the child's private memory (USS) stays ≤ 2% of the
 parent's heap, beside plain fork (55–77% on this project's machines).
 Usage: python benchmarks/bench_gc.py [--objects 2000000]
 """

@@ -1,6 +1,6 @@
 """A parent that forks many short-lived children while making cyclic garbage: does it grow?
 
-Target (issue 2): a parent that starts 200 short-lived cowfork children while making
+Target: a parent that starts 200 short-lived cowfork children while making
 ~0.5 MB of cyclic garbage between each grows by no more than plain fork does, plus 30 MB.
 Each mode runs in a fresh interpreter, side by side in this one run.  A second scenario
 (garbage that is still alive at one fork and dropped after it, so that it is frozen) and

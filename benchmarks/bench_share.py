@@ -1,7 +1,7 @@
 """A child that reads every object of an inherited heap: how much does it copy, with and
 without ``cowmp.share()``?
 
-Targets (issue 4), on 64-bit Python 3.12 and 3.13:
+Targets, on 64-bit Python 3.12 and 3.13:
 * a cowfork child (``cowmp.fork``) that reads every element of a shared list of
   2,000,000 tuples ``(i, str(i), [i])`` and then runs a full collection keeps at most 1%
   of the parent's heap private (USS), printed beside the same child without ``share()``;

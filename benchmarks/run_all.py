@@ -205,8 +205,9 @@ def python() -> str:
     extra = []
     if hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled():
         extra.append("free-threaded")
-    return f"{text} ({build}; {platform.python_compiler()}{'; ' if extra else ''}" \
-           f"{', '.join(extra)}), `{sys.executable}`"
+    # (not the interpreter's path: it names this machine's directories, nothing more)
+    return (f"{text} ({build}; {platform.python_compiler()}{'; ' if extra else ''}"
+            f"{', '.join(extra)})")
 
 
 def git(*args: str) -> str | None:

@@ -13,14 +13,17 @@ def test_run_all_writes_results_with_figures_and_a_chart(tmp_path):
     out_file = tmp_path / "RESULTS.md"
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--quiet",
-         "--only", "gc", "--out", str(out_file)],
+         "--only", "gc", "exit", "--out", str(out_file)],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     text = out_file.read_text()
-    assert "## bench_gc" in text and "## bench_share" not in text
+    assert "## bench_gc" in text and "## bench_exit" in text and "## bench_share" not in text
     assert f"{sys.version_info.major}.{sys.version_info.minor}" in text  # the Python
     assert "cores" in text  # the machine
     assert "| fork" in text and "cowfork" in text  # the figures, as a table
+    # nothing of this machine's directories, and no traceback from a benchmark that passed
+    assert str(ROOT) not in text and sys.executable not in text
+    assert "Traceback" not in text and "Standard error" not in text
     if importlib.util.find_spec("matplotlib") is not None:
         chart = tmp_path / "results" / "gc.png"
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
