@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,6 +249,32 @@ def use_found_interpreters() -> None:
         put_first_on_path(found, Path(tempfile.mkdtemp(prefix="nox-pythons-")), os.environ)
 
 
+# -- SIGINT ---------------------------------------------------------------------------------
+
+# A background job (``cmd &``) of a non-interactive shell starts with SIGINT ignored, and
+# so does every process it starts, unless one of them sets a handler.
+SIGINT_NOTE = (
+    "SIGINT is ignored here (nox started in the background?): the test runs get its "
+    "default back, as CPython's multiprocessing tests send themselves SIGINT and expect "
+    "KeyboardInterrupt"
+)
+
+
+@contextlib.contextmanager
+def sigint_as_in_a_terminal() -> Iterator[None]:
+    """Within the block, the processes that nox starts get SIGINT's default disposition
+    (then Python raises KeyboardInterrupt on it), even if nox was started with SIGINT
+    ignored: a handler, unlike SIG_IGN, is reset to the default by exec."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "user_nox_module":  # loaded by nox (tests/test_noxfile.py imports it too)
     use_found_interpreters()
 
@@ -314,6 +341,10 @@ def cpython(session: nox.Session) -> None:
 
     Arguments naming a harness or its tests (``cpython_futures.ProcessPoolCowforkWaitTest``)
     run only those; the others (``-v``, ``-k PATTERN``) go to every unittest run.
+
+    Two of multiprocessing's tests send SIGINT to the test process and expect
+    KeyboardInterrupt: where nox was started with SIGINT ignored (in the background), the
+    runs get SIGINT's default back, saying so, rather than fail on it.
     """
     session.install("-e", ".")
     session.chdir("tests/cpython")
@@ -321,9 +352,12 @@ def cpython(session: nox.Session) -> None:
     options = [arg for arg in session.posargs if not arg.startswith("cpython_")]
     harnesses = dict.fromkeys(name.split(".")[0] for name in names) or dict.fromkeys(
         ["cpython_cowfork", "cpython_futures"])
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        session.log(SIGINT_NOTE)
     for harness in harnesses:  # one interpreter each
         tests = [name for name in names if name.split(".")[0] == harness] or [harness]
-        session.run("python", "-m", "unittest", *options, *tests)
+        with sigint_as_in_a_terminal():
+            session.run("python", "-m", "unittest", *options, *tests)
 
 
 @nox.session(python="3.11")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -188,3 +189,17 @@ def test_nox_prints_what_it_found_before_the_sessions(tmp_path):
     links = list((tmp_path / ".nox" / "pythons").glob("3.10.99-*/python3.10"))
     assert len(links) == 1 and os.path.samefile(links[0], fake)
 
+
+def test_started_with_sigint_ignored_the_test_runs_get_its_default(noxfile):
+    ask = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ignored = subprocess.run(ask, capture_output=True, text=True).stdout.strip()
+        with noxfile.sigint_as_in_a_terminal():
+            inside = subprocess.run(ask, capture_output=True, text=True).stdout.strip()
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert ignored in {"Handlers.SIG_IGN", "1"}  # what the child inherits, as a background job
+    assert inside == "<built-in function default_int_handler>"
+    assert after == signal.SIG_IGN
