@@ -154,7 +154,7 @@ def test_bad_pids_are_named_in_the_error():
     assert memory.processes({999999999: "worker"}) == []  # ended: left out
 
 
-def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
+def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch, capsys):
     def refuse(pid, *args):  # type: ignore[no-untyped-def]
         raise psutil.AccessDenied(pid)
 
@@ -163,6 +163,11 @@ def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
         memory.process()
     lines: list[str] = []
     assert mem(os.getpid(), False, None, out=lines.append) == 1 and not lines
+    assert capsys.readouterr().err == (
+        f"cowmp mem: error: cannot read the memory of process {os.getpid()}: permission "
+        "denied (run as its user or as root)\n")
+    assert mem(os.getpid(), False, None, out=lines.append, prog="python -m cowmp mem") == 1
+    assert capsys.readouterr().err.startswith("python -m cowmp mem: error: cannot read")
 
 
 @pytest.mark.parametrize(("text", "size"), [
@@ -252,15 +257,23 @@ def test_mem_watch_rounds_in_process():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["999999999"], "no process with pid 999999999"),
-    (["0"], "must be positive"),
-    (["abc"], "not a number"),
-    (["1", "--watch", "-1"], "must be positive"),
+    (["999999999"], "argument PID: no process with pid 999999999"),
+    (["4294967296"], "argument PID: no process with pid 4294967296"),
+    (["0"], "argument PID: must be positive, not 0"),
+    (["abc"], "argument PID: not a process id (a whole number): 'abc'"),
+    (["1", "--watch", "-1"], "argument --watch: must be positive, not -1"),
+    (["1", "--watch", "0"], "argument --watch: must be positive, not 0"),
+    (["1", "--watch", "inf"], "argument --watch: must be a finite number of seconds, not inf"),
+    (["1", "--watch", "soon"], "argument --watch: not a number of seconds: 'soon'"),
+    (["1", "--watch", "1e300"], "argument --watch: must be at most "),
+    (["1", "--bogus"], "unrecognized arguments: --bogus"),
 ])
-def test_mem_rejects_bad_input(args, message):
+def test_mem_rejects_bad_input_with_its_own_usage(args, message):
     out = _cli(*args)
-    assert out.returncode in (1, 2)
-    assert message in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: python -m cowmp mem [-h]"), out.stderr
+    assert f"\npython -m cowmp mem: error: {message}" in out.stderr
+    assert out.stdout == ""
 
 
 # -- the executor ---------------------------------------------------------------------------
