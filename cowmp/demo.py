@@ -247,27 +247,30 @@ def available_methods() -> list[str]:
 
 def check_methods(text: str | None) -> list[str]:
     """The methods named in ``text`` (comma-separated), in the order the demo runs them
-    (cowfork last: shared objects stay immortal); ValueError for an unknown one."""
+    (cowfork last: shared objects stay immortal); ValueError, naming the methods to
+    choose from, for an unknown or unavailable one."""
     if text is None:
         return available_methods()
     names = [name.strip() for name in text.split(",") if name.strip()]
     have = set(multiprocessing.get_all_start_methods()) | {"loky", "cowfork"}
+    choices = ", ".join(m for m in METHODS if m in have)
     for name in names:
         if name not in METHODS:
-            raise ValueError(f"unknown start method {name!r}: choose among "
-                             f"{', '.join(METHODS)}")
+            raise ValueError(f"unknown start method {name!r}: choose among {choices}")
         if name not in have:
-            raise ValueError(f"start method {name!r} is not available on this system")
+            raise ValueError(f"start method {name!r} is not available on this system: "
+                             f"choose among {choices}")
     if not names:
-        raise ValueError("--methods names no start method")
+        raise ValueError(f"no start method in {text!r}: choose among {choices}")
     return [m for m in METHODS if m in names]
 
 
 def check_plotting() -> None:
+    """ValueError if matplotlib, which draws the chart, is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'cowmp[plot]'") from None
+        raise ValueError("matplotlib is not installed: pip install 'cowmp[plot]'") from None
 
 
 def format_rows(rows: Sequence[Row]) -> list[str]:

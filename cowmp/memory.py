@@ -19,11 +19,18 @@ On Linux the figures come from ``/proc/PID/smaps_rollup`` (one kernel walk, no p
 mapping text), and from ``/proc/PID/smaps`` for a forked process's ``copied``; elsewhere
 from psutil's ``memory_full_info`` (no PSS on macOS and Windows: ``pss`` is ``None``).
 
-The ``role`` of a process in a tree: ``"parent"`` (the root, when it has children),
-``"fork server"`` (multiprocessing's forkserver, or a forked process that forks the
-workers, as cowmp's executor does), ``"resource tracker"``, ``"worker"``, or
-``"process"`` (a root without children).  Roles given by the caller win over these
-guesses, which read only the process tree and command lines.
+The ``role`` of a process in a tree, guessed from the process tree and the command
+lines (roles given by the caller win: a cowmp executor gives the exact ones):
+
+* ``"worker"``: a Python process forked from its parent (same program and command
+  line), or a worker that multiprocessing's spawn or loky started;
+* ``"fork server"``: multiprocessing's forkserver, cowmp's fork server started as a new
+  interpreter, or a forked Python process that forks copies of itself in turn (cowmp's
+  executor's fork server);
+* ``"resource tracker"``: multiprocessing's or loky's;
+* ``"parent"``: a process that started any of those;
+* ``"process"``: any other process (a shell, a program started by ``exec``, a process
+  alone): cowmp cannot tell its role.
 """
 
 from __future__ import annotations
@@ -252,42 +259,68 @@ def copied_since_fork(pid: int | None = None) -> int | None:
 
 # -- trees -------------------------------------------------------------------------------
 
+#: the roles of the processes that multiprocessing, loky and cowmp start, by a part of
+#: their command lines
 _ROLE_BY_COMMAND = (
     ("multiprocessing.forkserver", "fork server"),
     ("cowmp.fork_server import serve_in_new_interpreter", "fork server"),  # loader=
     ("resource_tracker", "resource tracker"),
     ("semaphore_tracker", "resource tracker"),
+    ("multiprocessing.spawn import spawn_main", "worker"),  # spawn (cowmp's too)
+    ("loky.backend.popen_loky_posix", "worker"),  # loky, cowmp's fallback
 )
+#: the roles of processes that multiprocessing, loky or cowmp started for a parent
+_STARTED_ROLES = frozenset({"fork server", "worker", "resource tracker"})
 
 
 def _guess_roles(procs: list[psutil.Process],
                  forked: Mapping[int, psutil.Process | None]) -> dict[int, str]:
     """Each process's role in the tree ``procs`` (its root first); ``forked``: pid ->
-    the process it was forked from, or None."""
-    was_forked = {pid for pid, parent in forked.items() if parent is not None}
-    parents = {proc.pid: _ppid(proc) for proc in procs}
-    roles = {}
+    the process it was forked from, or None.
+
+    A Python process forked from its parent (same program and command line) is a worker,
+    or a fork server if it forks copies of itself in turn; other processes are known by
+    their command lines (``_ROLE_BY_COMMAND``); a process that started any of those is a
+    parent; cowmp cannot tell the role of the others: "process"."""
+    copies = {proc.pid for proc in procs if forked.get(proc.pid) is not None
+              and _is_python(proc)}
+    children: dict[int, list[int]] = {}
     for proc in procs:
-        children = [pid for pid, ppid in parents.items() if ppid == proc.pid]
-        if proc is procs[0]:
-            roles[proc.pid] = "parent" if children else "process"
-        elif proc.pid in was_forked:  # its command line is its parent's
-            forks = any(child in was_forked for child in children)
+        ppid = _ppid(proc)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(proc.pid)
+    roles: dict[int, str | None] = {}
+    for proc in procs:
+        if proc.pid in copies:
+            forks = any(child in copies for child in children.get(proc.pid, ()))
             roles[proc.pid] = "fork server" if forks else "worker"
         else:
             roles[proc.pid] = _role_by_command(proc)
-    return roles
+    return {pid: role or ("parent" if any(roles.get(child) in _STARTED_ROLES
+                                          for child in children.get(pid, ()))
+                          else "process")
+            for pid, role in roles.items()}
 
 
-def _role_by_command(proc: psutil.Process) -> str:
+def _is_python(proc: psutil.Process) -> bool:
+    """Whether ``proc`` runs a Python interpreter (its executable's name says so)."""
+    try:
+        name = os.path.basename(proc.exe()).lower()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return False
+    return name.startswith(("python", "pypy"))
+
+
+def _role_by_command(proc: psutil.Process) -> str | None:
+    """The role that ``proc``'s command line shows, or None."""
     try:
         command = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return "worker"
+        return None
     for marker, role in _ROLE_BY_COMMAND:
         if marker in command:
             return role
-    return "worker"
+    return None
 
 
 def _ppid(proc: psutil.Process) -> int | None:

@@ -142,17 +142,38 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--quick", "--plot", "x.png"])
     assert exit_info.value.code == 2
-    assert "--plot needs matplotlib: pip install 'cowmp[plot]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("usage: cowmp demo [-h]")
+    assert ("cowmp demo: error: argument --plot: matplotlib is not installed: "
+            "pip install 'cowmp[plot]'") in err
+    assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--workers", "0"], "must be positive"),
-    (["--objects", "-5"], "must be positive"),
-    (["--objects", "many"], "not a number"),
-    (["--methods", "fork,threads"], "unknown start method 'threads'"),
-    (["--methods", ","], "names no start method"),
+    (["--workers", "0"], "argument --workers: must be positive, not 0"),
+    (["--workers", "1.5"], "argument --workers: not a whole number: '1.5'"),
+    (["--objects", "-5"], "argument --objects: must be positive, not -5"),
+    (["--objects", "many"], "argument --objects: not a whole number: 'many'"),
+    (["--methods", "nope"], "argument --methods: unknown start method 'nope': choose among "),
+    (["--methods", "fork,threads"],
+     "argument --methods: unknown start method 'threads': choose among "),
+    (["--methods", ","], "argument --methods: no start method in ',': choose among "),
+    (["--quick", "--bogus", "x"], "unrecognized arguments: --bogus x"),
 ])
-def test_demo_rejects_bad_arguments(args, message):
+def test_demo_rejects_bad_arguments_with_its_own_usage(args, message):
     out = _demo(*args, timeout=60)
     assert out.returncode == 2
-    assert message in out.stderr
+    # the demo's usage, not the top-level one, then the error naming the bad value
+    assert out.stderr.startswith("usage: python -m cowmp demo [-h]"), out.stderr
+    assert f"\npython -m cowmp demo: error: {message}" in out.stderr
+    if "choose among" in message:  # the valid ones: every method this system has
+        valid = out.stderr.split("choose among ")[1].strip().split(", ")
+        assert set(demo.available_methods()) | {"spawn"} <= set(valid) <= set(demo.METHODS)
+    assert out.stdout == ""
+
+
+def test_check_methods_names_the_valid_methods():
+    assert demo.check_methods("cowfork, fork") == ["fork", "cowfork"]  # the demo's order
+    with pytest.raises(ValueError,
+                       match=r"unknown start method 'nope': choose among .*loky, cowfork$"):
+        demo.check_methods("nope")

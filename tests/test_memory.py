@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,7 +155,7 @@ def test_bad_pids_are_named_in_the_error():
     assert memory.processes({999999999: "worker"}) == []  # ended: left out
 
 
-def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
+def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch, capsys):
     def refuse(pid, *args):  # type: ignore[no-untyped-def]
         raise psutil.AccessDenied(pid)
 
@@ -163,6 +164,11 @@ def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
         memory.process()
     lines: list[str] = []
     assert mem(os.getpid(), False, None, out=lines.append) == 1 and not lines
+    assert capsys.readouterr().err == (
+        f"cowmp mem: error: cannot read the memory of process {os.getpid()}: permission "
+        "denied (run as its user or as root)\n")
+    assert mem(os.getpid(), False, None, out=lines.append, prog="python -m cowmp mem") == 1
+    assert capsys.readouterr().err.startswith("python -m cowmp mem: error: cannot read")
 
 
 @pytest.mark.parametrize(("text", "size"), [
@@ -252,15 +258,23 @@ def test_mem_watch_rounds_in_process():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["999999999"], "no process with pid 999999999"),
-    (["0"], "must be positive"),
-    (["abc"], "not a number"),
-    (["1", "--watch", "-1"], "must be positive"),
+    (["999999999"], "argument PID: no process with pid 999999999"),
+    (["4294967296"], "argument PID: no process with pid 4294967296"),
+    (["0"], "argument PID: must be positive, not 0"),
+    (["abc"], "argument PID: not a process id (a whole number): 'abc'"),
+    (["1", "--watch", "-1"], "argument --watch: must be positive, not -1"),
+    (["1", "--watch", "0"], "argument --watch: must be positive, not 0"),
+    (["1", "--watch", "inf"], "argument --watch: must be a finite number of seconds, not inf"),
+    (["1", "--watch", "soon"], "argument --watch: not a number of seconds: 'soon'"),
+    (["1", "--watch", "1e300"], "argument --watch: must be at most "),
+    (["1", "--bogus"], "unrecognized arguments: --bogus"),
 ])
-def test_mem_rejects_bad_input(args, message):
+def test_mem_rejects_bad_input_with_its_own_usage(args, message):
     out = _cli(*args)
-    assert out.returncode in (1, 2)
-    assert message in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: python -m cowmp mem [-h]"), out.stderr
+    assert f"\npython -m cowmp mem: error: {message}" in out.stderr
+    assert out.stdout == ""
 
 
 # -- the executor ---------------------------------------------------------------------------
@@ -311,6 +325,101 @@ def test_tree_names_multiprocessing_helpers(forkserver_context):
         pool.apply(_pid)
         roles = {row.role for row in memory.tree()}
     assert {"parent", "fork server", "worker"} <= roles
+
+
+# -- roles in a tree that is not a cowmp executor's ----------------------------------------
+
+requires_posix = pytest.mark.skipif(os.name != "posix", reason="runs sh and sleep")
+
+
+@pytest.fixture
+def session():
+    """Start a command in a session of its own; the session is killed after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(command: list[str], **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        proc = subprocess.Popen(command, start_new_session=True, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _roles(pid: int) -> dict[int, str]:
+    return {row.pid: row.role for row in memory.tree(pid)}
+
+
+@requires_posix
+def test_a_shell_and_the_programs_it_runs_have_no_role(session):
+    # sh runs sleep (fork and exec) and a subshell (a fork of sh) that runs sleep
+    shell = session(["sh", "-c", "sleep 60 & (sleep 60; :) & wait"])
+    assert wait_for(lambda: len(memory.tree(shell.pid)) == 4, 30), memory.tree(shell.pid)
+    roles = _roles(shell.pid)
+    assert list(roles.values()) == ["process"] * 4, roles  # neither parent nor worker
+
+
+@requires_posix
+def test_a_python_program_that_runs_programs_is_not_their_parent(session):
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); print(flush=True); time.sleep(60)")
+    root = session([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    root.stdout.readline()
+    (child,) = psutil.Process(root.pid).children()
+    assert _roles(root.pid) == {root.pid: "process", child.pid: "process"}
+    assert _roles(child.pid) == {child.pid: "process"}  # a process alone
+
+
+PROCESSES = """
+import multiprocessing, sys, time
+
+def hold():
+    time.sleep(60)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    procs = [ctx.Process(target=hold, daemon=True) for _ in range(2)]
+    for p in procs:
+        p.start()
+    print(*[p.pid for p in procs], flush=True)
+    time.sleep(60)
+"""
+
+
+@requires_posix
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_program_run_by_a_shell_is_the_parent_of_its_workers(session, tmp_path, method):
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    script = tmp_path / "program.py"
+    script.write_text(PROCESSES)
+    shell = session(["sh", "-c", '"$0" "$1" "$2"; :', sys.executable, str(script), method],
+                    stdout=subprocess.PIPE)
+    workers = {int(pid) for pid in shell.stdout.readline().split()}
+    (program,) = psutil.Process(shell.pid).children()
+    expected = {shell.pid: "process",  # sh: not the parent of a pool
+                program.pid: "parent",  # exec'd by sh, but it started the workers
+                **dict.fromkeys(workers, "worker")}
+
+    def as_expected() -> bool:
+        # a process that spawn starts is a copy of its parent until it has exec'd
+        roles = _roles(shell.pid)
+        others = {role for pid, role in roles.items() if pid not in expected}
+        return ({pid: roles.get(pid) for pid in expected} == expected
+                and others <= {"resource tracker"})  # spawn: multiprocessing's
+
+    assert wait_for(as_expected, 30), (expected, _roles(shell.pid))
+
+
+def test_a_forked_worker_read_alone_is_a_worker(held):
+    assert [row.role for row in memory.tree(held[0])] == ["worker"]
 
 
 @pytest.fixture
