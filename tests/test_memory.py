@@ -154,7 +154,7 @@ def test_bad_pids_are_named_in_the_error():
     assert memory.processes({999999999: "worker"}) == []  # ended: left out
 
 
-def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
+def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch, capsys):
     def refuse(pid, *args):  # type: ignore[no-untyped-def]
         raise psutil.AccessDenied(pid)
 
@@ -163,6 +163,9 @@ def test_memory_that_cannot_be_read_is_a_permission_error(monkeypatch):
         memory.process()
     lines: list[str] = []
     assert mem(os.getpid(), False, None, out=lines.append) == 1 and not lines
+    assert capsys.readouterr().err == (
+        f"python -m cowmp mem: cannot read the memory of process {os.getpid()}: permission "
+        "denied (run as its user or as root)\n")
 
 
 @pytest.mark.parametrize(("text", "size"), [

@@ -7,7 +7,7 @@ import threading
 import warnings
 
 import pytest
-from conftest import requires_fork, run_script
+from conftest import forks_next_to_threads, requires_fork, run_script
 
 import cowmp
 
@@ -30,6 +30,7 @@ def running_thread(name):
 
 
 @requires_fork
+@forks_next_to_threads
 def test_forking_with_a_running_thread_warns_and_names_it(ctx):
     with running_thread("model-loader"):
         p = ctx.Process(target=_nothing)
