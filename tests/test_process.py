@@ -246,6 +246,9 @@ def test_queue_pipe_and_shared_memory_factories_work_in_children(ctx):
     assert value.value == 2
     assert array[:] == [42.0, 0.0, 0.0]
     assert (raw_value.value, raw_array[:]) == (7, [0, 9])
+    for queue in (q, jq):  # their feeder threads end here, not during a later test's fork
+        queue.close()
+        queue.join_thread()
 
 
 def _use_manager_objects(d, lst, ns, lock):

@@ -53,6 +53,8 @@ def test_no_warning_without_threads_or_with_only_queue_feeders(ctx):
         p.start()
         p.join(30)
     assert q.get(timeout=10).startswith("feeds")
+    q.close()
+    q.join_thread()  # the feeder thread ends here, not during a later test's fork
 
 
 @requires_fork
