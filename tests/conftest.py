@@ -20,6 +20,14 @@ requires_fork = pytest.mark.skipif(
     cowmp.FALLBACK, reason="cowfork falls back to loky here: nothing is forked"
 )
 
+#: For a test that forks while other threads run, on purpose.  Python 3.12+ then warns
+#: too (a DeprecationWarning at each such os.fork()); the test checks cowmp's
+#: ForkWithThreadsWarning, or what cowmp does about that fork, and Python's own warning
+#: about the same fork is a side effect of its setup: left out of the warnings summary.
+forks_next_to_threads = pytest.mark.filterwarnings(
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning"
+)
+
 
 def wait_for(predicate, timeout=10.0, interval=0.02):
     """Poll ``predicate`` until it is true; return its last value."""

@@ -16,7 +16,7 @@ import warnings
 
 import executor_support as support
 import pytest
-from conftest import requires_fork
+from conftest import forks_next_to_threads, requires_fork
 from executor_support import check_works, square
 
 import cowmp
@@ -152,6 +152,7 @@ def test_an_executor_created_next_to_a_running_one_does_not_warn(make_executor):
 
 
 @requires_fork
+@forks_next_to_threads
 @pytest.mark.timeout(60)
 def test_an_executor_created_next_to_a_foreign_thread_warns_naming_it(make_executor):
     release = threading.Event()
@@ -168,6 +169,7 @@ def test_an_executor_created_next_to_a_foreign_thread_warns_naming_it(make_execu
 
 
 @requires_fork
+@forks_next_to_threads
 @pytest.mark.timeout(60)
 def test_a_done_callback_that_blocks_does_not_deadlock_the_next_executor(make_executor,
                                                                         monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import ctypes
+import faulthandler
 import itertools
 import logging
 import os
@@ -57,7 +58,14 @@ def _exit_3():
 
 
 def _segfault():
+    # Python's report of the crash goes to this worker's stderr, which is the test's
+    # (captured) fd 2, where the test checks it; pytest's faulthandler, which a forked
+    # worker inherits, would write it to the terminal's stderr instead.
+    faulthandler.enable(file=2)
     ctypes.string_at(0)
+
+
+SEGFAULT_REPORT = "Fatal Python error: Segmentation fault"
 
 
 def _crash_at(x, bad):
@@ -129,7 +137,7 @@ def _fork_a_sleeper_then_die(path):
     (_exit_3, 3, "exit code 3"),
     (_segfault, -signal.SIGSEGV, "SIGSEGV"),
 ])
-def test_a_dying_worker_fails_only_its_task(task, exitcode, text):
+def test_a_dying_worker_fails_only_its_task(task, exitcode, text, capfd):
     with CowProcessPoolExecutor(max_workers=2) as ex:
         before = ready_workers(ex)
         others = [ex.submit(sleep_return, 0.02, i) for i in range(5)]
@@ -145,6 +153,12 @@ def test_a_dying_worker_fails_only_its_task(task, exitcode, text):
         assert ex.submit(square, 8).result(timeout=30) == 64
         after = wait_for(lambda: len(ex.worker_pids) == 2 and set(ex.worker_pids))
         assert after and error.pid not in after
+    # the worker's stderr is the test's: a segfault's report (naming the task) reaches it
+    err = capfd.readouterr().err
+    if task is _segfault:
+        assert SEGFAULT_REPORT in err and "in _segfault" in err, err
+    else:
+        assert SEGFAULT_REPORT not in err, err
 
 
 @pytest.mark.timeout(60)
@@ -231,7 +245,7 @@ def test_repeated_crashes_are_each_reported_promptly_and_leave_no_zombie():
 
 
 @pytest.mark.timeout(60)
-def test_no_zombies_after_crashes_timeouts_and_retirements():
+def test_no_zombies_after_crashes_timeouts_and_retirements(capfd):
     with CowProcessPoolExecutor(max_workers=2, max_tasks_per_child=4) as ex:
         for task in (kill_self, _exit_3, _segfault):
             assert isinstance(ex.submit(task).exception(timeout=30), cowmp.WorkerDiedError)
@@ -241,6 +255,7 @@ def test_no_zombies_after_crashes_timeouts_and_retirements():
             == [i * i for i in range(10)]
         assert wait_for(lambda: not zombies(), timeout=3), zombies()
         assert ex.submit(square, 2).result(timeout=30) == 4
+    assert capfd.readouterr().err.count(SEGFAULT_REPORT) == 1
 
 
 # -- a worker that dies at another moment -----------------------------------------------------

@@ -136,6 +136,8 @@ def test_a_failing_loader_breaks_the_pool_with_a_message_that_names_it(capfd):
         pids = ex.worker_pids
         ex.shutdown(wait=True)
     assert all_gone(pids, 30)
+    # and the loader's traceback is on stderr
+    assert "ValueError: no such table" in capfd.readouterr().err
 
 
 def test_the_loader_must_be_callable():

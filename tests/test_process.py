@@ -9,7 +9,9 @@ import sys
 import time
 
 import pytest
-from conftest import gone, requires_fork, run_script, wait_for
+from conftest import forks_next_to_threads, gone, requires_fork, run_script, wait_for
+
+import cowmp
 
 
 def _return():
@@ -32,11 +34,16 @@ def _sleep():
     "target,args,expected",
     [(_return, (), 0), (_sys_exit, (3,), 3), (_sys_exit, (None,), 0), (_raise, (), 1)],
 )
-def test_exit_codes_match_the_standard_library(ctx, target, args, expected):
+def test_exit_codes_match_the_standard_library(ctx, target, args, expected, capfd):
     p = ctx.Process(target=target, args=args)
     p.start()
     p.join(30)
     assert p.exitcode == expected
+    err = capfd.readouterr().err  # the child's stderr: the traceback of its exception only
+    if target is _raise:
+        assert "Traceback (most recent call last)" in err and "KeyError: 'lost key'" in err, err
+    else:
+        assert "Traceback" not in err, err
 
 
 def test_killed_by_a_signal_reads_minus_signum(ctx):
@@ -217,6 +224,7 @@ def _use_queues(q, jq, sq, conn, value, array, raw_value, raw_array):
     raw_array[1] = 9
 
 
+@forks_next_to_threads  # the queues' feeder threads run (fork-safe: cowmp does not warn)
 def test_queue_pipe_and_shared_memory_factories_work_in_children(ctx):
     q, jq, sq = ctx.Queue(), ctx.JoinableQueue(), ctx.SimpleQueue()
     here, there = ctx.Pipe()
@@ -238,6 +246,9 @@ def test_queue_pipe_and_shared_memory_factories_work_in_children(ctx):
     assert value.value == 2
     assert array[:] == [42.0, 0.0, 0.0]
     assert (raw_value.value, raw_array[:]) == (7, [0, 9])
+    for queue in (q, jq):  # their feeder threads end here, not during a later test's fork
+        queue.close()
+        queue.join_thread()
 
 
 def _use_manager_objects(d, lst, ns, lock):
@@ -268,12 +279,20 @@ def test_pool_factory(ctx):
         assert sorted(pool.imap_unordered(_square, range(5))) == [0, 1, 4, 9, 16]
 
 
-def test_pool_replacing_workers_from_its_thread_warns_but_never_hangs(ctx):
+@forks_next_to_threads
+def test_pool_replacing_workers_from_its_thread_warns_but_never_hangs(ctx, capfd):
     # Pool forks replacements from its worker-handler thread: a real fork-with-threads
     # case.  Even with the warning turned into an error (this suite's setting), the
-    # handler thread must survive and the pool finish.
+    # handler thread must survive and the pool finish; the warning is then written to
+    # stderr, naming the thread.
     with ctx.Pool(2, maxtasksperchild=2) as pool:
         assert sorted(pool.map(_square, range(10), chunksize=1)) == [x * x for x in range(10)]
+    err = capfd.readouterr().err
+    if cowmp.FALLBACK:  # nothing is forked
+        assert "ForkWithThreadsWarning" not in err, err
+    else:
+        assert "ForkWithThreadsWarning (in thread 'Thread-" in err, err
+        assert "_handle_workers)'): cowmp is forking process" in err, err
 
 
 def test_no_leaked_semaphore_or_resource_warnings_at_exit():

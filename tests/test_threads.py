@@ -7,7 +7,7 @@ import threading
 import warnings
 
 import pytest
-from conftest import requires_fork, run_script
+from conftest import forks_next_to_threads, requires_fork, run_script
 
 import cowmp
 
@@ -30,6 +30,7 @@ def running_thread(name):
 
 
 @requires_fork
+@forks_next_to_threads
 def test_forking_with_a_running_thread_warns_and_names_it(ctx):
     with running_thread("model-loader"):
         p = ctx.Process(target=_nothing)
@@ -52,6 +53,8 @@ def test_no_warning_without_threads_or_with_only_queue_feeders(ctx):
         p.start()
         p.join(30)
     assert q.get(timeout=10).startswith("feeds")
+    q.close()
+    q.join_thread()  # the feeder thread ends here, not during a later test's fork
 
 
 @requires_fork

@@ -1,7 +1,8 @@
 """CPython's own ``test_concurrent_futures`` process-pool tests, run against
 :class:`cowmp.CowProcessPoolExecutor` with the ``cowfork`` context.
 
-Run from this directory: ``python -m unittest cpython_futures`` (``-v`` names each test).
+Run from this directory: ``python -m unittest cpython_futures`` (``-v`` names each test and
+prints its duration).
 
 CPython builds its process-pool test classes from test mixins (``ExecutorTest``,
 ``ExecutorDeadlockTest``, ...) and executor mixins (``ProcessPoolForkMixin``, ...: an
@@ -36,6 +37,8 @@ import signal
 import sys
 import tempfile
 import unittest
+
+from test import support
 
 import cowmp
 
@@ -168,6 +171,10 @@ def _import_suite() -> tuple[list, str | None]:
 
 
 _MODULES, MISSING = _import_suite()
+
+# CPython's regrtest sets test.support.verbose from its own -v (0 without it); the default,
+# 1, has every executor test print its duration ("0.02s ") between unittest's dots
+support.verbose = int(any(arg in ("-v", "--verbose") for arg in sys.argv[1:]))
 
 
 def _find(name: str):  # noqa: ANN202
