@@ -236,7 +236,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                     "parent's memory, and the time taken.")
     demo.add_argument("--objects", type=_count, default=None,
                       help=f"tuples (i, str(i), [i]) in the data set (default "
-                           f"{demo_module.DEFAULT_OBJECTS:,}, about 450 MiB; with --quick: "
+                           f"{demo_module.DEFAULT_OBJECTS:,}, about 400 MiB; with --quick: "
                            f"{demo_module.QUICK_OBJECTS:,})")
     demo.add_argument("--workers", type=_count, default=None,
                       help=f"workers per start method (default {demo_module.DEFAULT_WORKERS}; "

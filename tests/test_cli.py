@@ -117,7 +117,7 @@ def test_demo_help_states_the_defaults_that_run(demo_runs):
     assert cli.main(["demo"]) == 0 and cli.main(["demo", "--quick"]) == 0
     plain, quick = demo_runs
     assert plain["methods"] is None  # demo.main then runs available_methods()
-    assert f"(default {plain['objects']:,}, about 450 MiB; with --quick: " \
+    assert f"(default {plain['objects']:,}, about 400 MiB; with --quick: " \
            f"{quick['objects']:,})" in text
     assert f"(default {plain['workers']}; with --quick: {quick['workers']})" in text
     assert f"--quick {quick['objects']:,} objects and {quick['workers']} workers" in text
