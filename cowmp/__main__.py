@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .memory import ProcessMemory
@@ -96,28 +96,28 @@ def mem(pid: int, as_json: bool, watch: float | None, out: Callable[[str], objec
 # -- arguments ------------------------------------------------------------------------------
 
 
-def _count(text: str) -> int:
-    """A positive whole number (--objects, --workers)."""
+def _positive(kind: type, text: str, what: str) -> Any:
+    """``text`` read as ``kind`` (int, float), which must be above zero; ``what`` names
+    what was expected when it is not a number at all."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not value > 0 and not math.isnan(value):
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
+
+
+def _count(text: str) -> int:
+    """A positive whole number (--objects, --workers)."""
+    return _positive(int, text, "a whole number")
 
 
 def _pid(text: str) -> int:
     """The id of a running process."""
     import psutil
 
-    try:
-        pid = int(text)
-    except ValueError:
-        message = f"not a process id (a whole number): {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-    if pid <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    pid = _positive(int, text, "a process id (a whole number)")
     try:
         exists = psutil.pid_exists(pid)
     except OverflowError:  # past what the system's pids can be
@@ -129,14 +129,9 @@ def _pid(text: str) -> int:
 
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (--watch)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = _positive(float, text, "a number of seconds")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     if value > threading.TIMEOUT_MAX:  # more than time.sleep() takes
         raise argparse.ArgumentTypeError(
             f"must be at most {threading.TIMEOUT_MAX:g} seconds, not {text}")
