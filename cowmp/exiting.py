@@ -81,9 +81,11 @@ def finish_like_interpreter_exit(code: object) -> NoReturn:
     multiprocessing runs its finalizers), stdio is flushed, and the process ends with
     ``os._exit``.  Threads still running are not waited for.
 
-    For a forked server worker (:mod:`cowmp.gunicorn`): the handlers it inherited ran in
-    it under the normal exit too, so nothing it did before is lost; only the walk over
-    the inherited heap, which would copy every page of it, is skipped.
+    How a cowfork ``Process`` child ends (:mod:`cowmp.popen`, which cleared the parent's
+    handlers when the child began), and a forked server worker (:mod:`cowmp.gunicorn`:
+    the handlers it inherited ran in it under the normal exit too, so nothing it did
+    before is lost); only the walk over the inherited heap, which would copy every page
+    of it, is skipped.
     """
     status = exit_status(code)
     try:

@@ -3,7 +3,8 @@
 This is ``multiprocessing.popen_fork.Popen`` (waiting, polling, terminate/kill/interrupt,
 sentinels and exit codes are inherited unchanged, so a signal death reads ``-signum``)
 with two differences: the fork is :func:`cowmp.forking.protocol_fork`, and the child
-leaves through :func:`cowmp.exiting.leave`.  ``Process._bootstrap`` gives the exit codes of
+leaves through :func:`cowmp.exiting.finish_like_interpreter_exit` (its ``atexit``
+handlers, then ``os._exit``).  ``Process._bootstrap`` gives the exit codes of
 the standard library: return → 0, ``sys.exit(n)`` → n, an uncaught exception → 1 with its
 traceback printed.  multiprocessing's finalizers run and the child's own children are
 joined before we leave (in ``_bootstrap`` up to 3.12, through ``atexit`` since 3.13, as
@@ -52,10 +53,7 @@ class Popen(popen_fork.Popen):
                 os.close(parent_w)
                 code = process_obj._bootstrap(parent_sentinel=child_r)
             finally:
-                try:
-                    atexit._run_exitfuncs()
-                finally:
-                    exiting.leave(code)
+                exiting.finish_like_interpreter_exit(code)
         else:
             os.close(child_w)
             os.close(child_r)
