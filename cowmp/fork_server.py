@@ -40,7 +40,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import spawn
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, NoReturn
@@ -90,18 +90,9 @@ class ForkServer:
         if pid == 0:
             # the server (the fork closed every registered handle), out of the section
             # above: it must not hold its locks, nor may the workers it forks
-            code = 1
-            try:
-                _Server(server_commands, server_events, parent, slot_array, initializer,
-                        initargs, max_tasks, method,
-                        [their.detach() for their in theirs]).serve()
-                code = 0
-            except BaseException:  # noqa: BLE001
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                exiting.leave(code)
+            _serve_then_leave(lambda: _Server(
+                server_commands, server_events, parent, slot_array, initializer, initargs,
+                max_tasks, method, [their.detach() for their in theirs]).serve())
         self.pid = pid
 
     @contextlib.contextmanager
@@ -386,6 +377,21 @@ class _Server:
                 pass
 
 
+def _serve_then_leave(serve: Callable[[], object]) -> NoReturn:
+    """End a fork server's process once ``serve()`` returns (status 0) or raises (the
+    traceback printed, status 1)."""
+    code = 1
+    try:
+        serve()
+        code = 0
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        exiting.leave(code)
+
+
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -412,8 +418,8 @@ def serve_in_new_interpreter() -> NoReturn:
     commands_fd, events_fd, slot_fd, *initial = map(int, sys.argv[1:])
     commands = socket.socket(fileno=commands_fd)
     events = Connection(events_fd, readable=False)
-    code = 1
-    try:
+
+    def load_then_serve() -> None:
         size = _LENGTH.unpack(_read_exactly(commands, _LENGTH.size))[0]
         preparation, parent, workers, setup = pickle.loads(_read_exactly(commands, size))
         spawn.prepare(preparation)
@@ -429,10 +435,5 @@ def serve_in_new_interpreter() -> NoReturn:
             raise
         _Server(commands, events, parent, slot_array, initializer, initargs, max_tasks,
                 method, initial, by_reference=False).serve()
-        code = 0
-    except BaseException:  # noqa: BLE001
-        import traceback
 
-        traceback.print_exc()
-    finally:
-        exiting.leave(code)
+    _serve_then_leave(load_then_serve)
