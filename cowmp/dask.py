@@ -39,8 +39,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from .crashes import WorkerDiedError
-from .executor import CowProcessPoolExecutor
-from .memory import parse_size
+from .executor import CowProcessPoolExecutor, check_callable, check_count, check_worker_options
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -56,16 +55,9 @@ _OPTIONS = ("initializer", "initargs", "max_tasks_per_child", "task_timeout",
             "max_private_memory_per_child")
 
 
-def _check_count(value: object, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-
-
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     """The executor options, checked here, on the client, rather than later on each
-    worker (as :class:`~cowmp.CowProcessPoolExecutor` checks them)."""
+    worker (the executor's own checks: :func:`cowmp.executor.check_worker_options`)."""
     if "mp_context" in options:
         raise TypeError("CowExecutorPlugin takes no mp_context: on a Dask worker the fork "
                         "server always starts as a new interpreter (the worker runs threads)")
@@ -74,19 +66,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"CowExecutorPlugin got unexpected keyword argument(s) "
                         f"{', '.join(unknown)} (executor options: {', '.join(_OPTIONS)})")
     checked = dict(options)
-    initializer = checked.get("initializer")
-    if initializer is not None and not callable(initializer):
-        raise TypeError(f"initializer must be a callable, not {type(initializer).__name__}")
     if "initargs" in checked:
         checked["initargs"] = tuple(checked["initargs"])
-    if checked.get("max_tasks_per_child") is not None:
-        _check_count(checked["max_tasks_per_child"], "max_tasks_per_child", 1)
-    timeout = checked.get("task_timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
-            timeout, (int, float)) or not timeout > 0):
-        raise ValueError(f"task_timeout must be a positive number of seconds, not {timeout!r}")
-    if checked.get("max_private_memory_per_child") is not None:
-        parse_size(checked["max_private_memory_per_child"], "max_private_memory_per_child")
+    check_worker_options(checked.get("initializer"), checked.get("max_tasks_per_child"),
+                         checked.get("task_timeout"),
+                         checked.get("max_private_memory_per_child"))
     return checked
 
 
@@ -125,7 +109,7 @@ class RetryingExecutor(Executor):
         if not isinstance(executor, CowProcessPoolExecutor):
             raise TypeError(f"executor must be a cowmp.CowProcessPoolExecutor, not "
                             f"{type(executor).__name__}")
-        _check_count(retries, "retries", 0)
+        check_count(retries, "retries", 0)
         self.executor = executor
         self.retries = retries
         self.retried = 0
@@ -257,16 +241,15 @@ class CowExecutorPlugin(WorkerPlugin):
             raise ValueError(f"name {name!r} is one of Dask's own executors "
                              f"({', '.join(sorted(DASK_EXECUTORS))}): choose another")
         if max_workers is not None:
-            _check_count(max_workers, "max_workers", 1)
-        if loader is not None and not callable(loader):
-            raise TypeError(f"loader must be a callable, not {type(loader).__name__}")
+            check_count(max_workers, "max_workers", 1)
+        check_callable(loader, "loader")
         if isinstance(loader_args, (str, bytes)) or not isinstance(loader_args, Iterable):
             raise TypeError(f"loader_args must be a tuple of arguments, not "
                             f"{type(loader_args).__name__}")
         loader_args = tuple(loader_args)
         if loader is None and loader_args:
             raise ValueError("loader_args given without a loader")
-        _check_count(retries, "retries", 0)
+        check_count(retries, "retries", 0)
         self.name = name
         self.max_workers = max_workers
         self.loader = loader

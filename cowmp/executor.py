@@ -50,6 +50,35 @@ def _check_timeout(value: float | None, name: str) -> float | None:
     return float(value)
 
 
+def check_count(value: object, name: str, minimum: int) -> None:
+    """TypeError unless ``value`` is an int (not a bool); ValueError below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+
+
+def check_callable(value: object, name: str) -> None:
+    """TypeError unless ``value`` is None or callable."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable, not {type(value).__name__}")
+
+
+def check_worker_options(initializer: Callable[..., object] | None,
+                         max_tasks_per_child: int | None, task_timeout: float | None,
+                         max_private_memory_per_child: int | str | None,
+                         ) -> tuple[float | None, int | None]:
+    """The checks of the options that every worker follows (an error names the
+    option); returns ``task_timeout`` in seconds and ``max_private_memory_per_child``
+    in bytes (each None when not given).  Also what cowmp.dask checks on the client."""
+    check_callable(initializer, "initializer")
+    if max_tasks_per_child is not None:
+        check_count(max_tasks_per_child, "max_tasks_per_child", 1)
+    max_private = None if max_private_memory_per_child is None else parse_size(
+        max_private_memory_per_child, "max_private_memory_per_child")
+    return _check_timeout(task_timeout, "task_timeout"), max_private
+
+
 class CowProcessPoolExecutor(Executor):
     """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers share the parent's
     memory (module docstring).
@@ -88,26 +117,15 @@ class CowProcessPoolExecutor(Executor):
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if loader is not None and not callable(loader):
-            raise TypeError(f"loader must be a callable, not {type(loader).__name__}")
-        if max_tasks_per_child is not None:
-            if isinstance(max_tasks_per_child, bool) or not isinstance(
-                max_tasks_per_child, int
-            ):
-                raise TypeError("max_tasks_per_child must be an int")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
-        max_private = None if max_private_memory_per_child is None else parse_size(
-            max_private_memory_per_child, "max_private_memory_per_child")
+        task_timeout, max_private = check_worker_options(
+            initializer, max_tasks_per_child, task_timeout, max_private_memory_per_child)
+        check_callable(loader, "loader")
         if mp_context is None:
             mp_context = cowfork_context
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._pool = Pool(max_workers, mp_context, initializer, tuple(initargs),
-                           max_tasks_per_child, _check_timeout(task_timeout, "task_timeout"),
-                           max_private,
+                           max_tasks_per_child, task_timeout, max_private,
                            None if loader is None else (loader, tuple(loader_args)))
         weakref.finalize(self, Pool.shutdown, self._pool, False, False)
 
