@@ -126,6 +126,11 @@ def build(objects: int) -> tuple[int, float]:
     return _heap, seconds
 
 
+def _check_workload(workload: str) -> None:
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}: choose among {', '.join(WORKLOADS)}")
+
+
 def default_workload() -> str:
     """``read`` where shared objects can be made immortal (3.12+, forking), else
     ``collect``."""
@@ -177,8 +182,7 @@ def run_method(method: str, workers: int, *, share: bool = True,
                workload: str = "read") -> Row:
     """Run ``workload`` with ``workers`` workers of ``method`` over the data set that
     :func:`build` made; ``share``: call ``cowmp.share()`` first for cowfork (3.12+)."""
-    if workload not in WORKLOADS:
-        raise ValueError(f"unknown workload {workload!r}: choose among {', '.join(WORKLOADS)}")
+    _check_workload(workload)
     if _data is None:
         raise RuntimeError("build the data set first: cowmp.demo.build(objects)")
     import cowmp
@@ -389,8 +393,7 @@ def main(objects: int = DEFAULT_OBJECTS, workers: int = DEFAULT_WORKERS,
     """Build the data set, run every method, print the table; return the rows."""
     methods = list(methods or available_methods())
     workload = workload or default_workload()
-    if workload not in WORKLOADS:
-        raise ValueError(f"unknown workload {workload!r}: choose among {', '.join(WORKLOADS)}")
+    _check_workload(workload)
     heap, seconds = build(objects)
     work = ("read every object, then collect" if workload == "read"
             else f"run {COLLECTIONS} full collections and read nothing, as a pool's or a "
