@@ -179,18 +179,19 @@ def _examples(prog: str, quick_objects: int) -> str:
         for command, text in examples)
 
 
-#: what ``mem``'s help says of the roles (cowmp.memory guesses them)
-ROLES_HELP = """\
-roles (a cowmp executor reports its own exactly; in other trees they are guessed
-from the process tree and the command lines):
-  parent            started the workers, fork server or resource tracker below it
-  fork server       forks the workers: multiprocessing's forkserver, cowmp's fork
-                    server, or a forked copy of its parent that forks copies of
-                    itself
-  worker            a Python process forked from its parent (same command line),
-                    or started by multiprocessing or loky
-  resource tracker  multiprocessing's or loky's resource tracker
-  process           any other process: cowmp cannot tell its role"""
+def _roles_help() -> str:
+    """What ``mem``'s help says of the roles (:data:`cowmp.memory.ROLES`)."""
+    import textwrap
+
+    from .memory import ROLES
+
+    width = max(map(len, ROLES)) + 2
+    lines = ["roles (a cowmp executor reports its own exactly; in other trees they are "
+             "guessed\nfrom the process tree and the command lines):"]
+    for role, meaning in ROLES.items():
+        lines.append(textwrap.fill(meaning, 86, initial_indent=f"  {role:{width}}",
+                                   subsequent_indent=" " * (width + 2)))
+    return "\n".join(lines)
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -265,7 +266,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print the memory of process PID and of its descendants, one line each "
                     "with\nits role, then the totals.",
-        epilog=ROLES_HELP)
+        epilog=_roles_help())
     memory.add_argument("pid", type=_pid, metavar="PID",
                         help="the process at the root of the tree")
     memory.add_argument("--json", action="store_true",

@@ -19,18 +19,9 @@ On Linux the figures come from ``/proc/PID/smaps_rollup`` (one kernel walk, no p
 mapping text), and from ``/proc/PID/smaps`` for a forked process's ``copied``; elsewhere
 from psutil's ``memory_full_info`` (no PSS on macOS and Windows: ``pss`` is ``None``).
 
-The ``role`` of a process in a tree, guessed from the process tree and the command
-lines (roles given by the caller win: a cowmp executor gives the exact ones):
-
-* ``"worker"``: a Python process forked from its parent (same program and command
-  line), or a worker that multiprocessing's spawn or loky started;
-* ``"fork server"``: multiprocessing's forkserver, cowmp's fork server started as a new
-  interpreter, or a forked Python process that forks copies of itself in turn (cowmp's
-  executor's fork server);
-* ``"resource tracker"``: multiprocessing's or loky's;
-* ``"parent"``: a process that started any of those;
-* ``"process"``: any other process (a shell, a program started by ``exec``, a process
-  alone): cowmp cannot tell its role.
+The ``role`` of a process in a tree, one of :data:`ROLES`, is guessed from the process
+tree and the command lines (roles given by the caller win: a cowmp executor gives the
+exact ones).
 """
 
 from __future__ import annotations
@@ -258,6 +249,20 @@ def copied_since_fork(pid: int | None = None) -> int | None:
 
 
 # -- trees -------------------------------------------------------------------------------
+
+#: every role a process of a tree may get, and what it means (``cowmp mem --help``
+#: prints them)
+ROLES = {
+    "parent": "started the workers, fork server or resource tracker below it",
+    "fork server": "forks the workers: multiprocessing's forkserver, cowmp's fork server "
+                   "(also one started as a new interpreter), or a forked copy of its "
+                   "parent that forks copies of itself",
+    "worker": "a Python process forked from its parent (same command line), or started "
+              "by multiprocessing or loky",
+    "resource tracker": "multiprocessing's or loky's resource tracker",
+    "process": "any other process (a shell, a program it runs, a process alone): cowmp "
+               "cannot tell its role",
+}
 
 #: the roles of the processes that multiprocessing, loky and cowmp start, by a part of
 #: their command lines

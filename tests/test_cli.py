@@ -139,6 +139,17 @@ def test_mem_help_states_the_watch_default(monkeypatch):
     assert once is None
 
 
+def test_mem_help_explains_every_role_a_process_can_get():
+    from cowmp import memory
+
+    text = _help("mem")
+    guessed = {role for _, role in memory._ROLE_BY_COMMAND} | {
+        "parent", "fork server", "worker", "process"}  # what _guess_roles gives besides
+    assert guessed <= set(memory.ROLES)
+    for role, meaning in memory.ROLES.items():
+        assert f" {role} " in text and meaning.split(":")[0][:30] in text, role
+
+
 # -- a closed pipe ---------------------------------------------------------------------------
 
 
