@@ -12,9 +12,11 @@ down.  Tasks annotated ``dask.annotate(executor=name)`` then run in its processe
 is a thin :class:`concurrent.futures.Executor` over the pool, which runs a task again
 when the process running it died (:class:`cowmp.WorkerDiedError`: the pool has replaced
 the process already), up to ``retries`` times, and then lets the error through, so that
-Dask reports it as the task's error.  Dask itself sees one call that returned late: no
-task is lost, the Dask worker is not restarted, and nothing depends on the form of
-Dask's private result messages.
+Dask reports it as the task's error.  When the pool itself breaks (its fork server
+died), it builds a new one, which loads the data again, and the task runs there (a
+retry too).  Dask itself sees one call that returned late: no task is lost, the Dask
+worker is not restarted, and nothing depends on the form of Dask's private result
+messages.
 
 Only this module imports ``distributed`` (``import cowmp`` does not import it); without
 it, importing this module raises an ImportError that says what to install.
@@ -26,7 +28,8 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import BrokenExecutor, Executor, Future, InvalidStateError
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -40,6 +43,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from .crashes import WorkerDiedError
 from .executor import CowProcessPoolExecutor, check_callable, check_count, check_worker_options
+from .serialize import TaskPicklingError
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -102,29 +106,91 @@ class RetryingExecutor(Executor):
     up to ``retries`` times, when the worker process running it died
     (:class:`cowmp.WorkerDiedError`; the pool has replaced that process already), then
     lets the last error through.  Other errors (the task's own, a timeout, a pickling
-    error, a broken pool) pass at once.  The wrapped executor is ``.executor``;
-    ``.retried`` counts the runs started again."""
+    error) pass at once.
 
-    def __init__(self, executor: CowProcessPoolExecutor, retries: int = 1) -> None:
-        if not isinstance(executor, CowProcessPoolExecutor):
-            raise TypeError(f"executor must be a cowmp.CowProcessPoolExecutor, not "
-                            f"{type(executor).__name__}")
+    ``rebuild``, a function returning a new pool, heals a pool that broke (its fork
+    server died: the pool's futures fail with BrokenProcessPool): the broken pool is put
+    away, ``rebuild()`` makes the one that replaces it, and the tasks that failed with
+    it run again there within their retries; a task submitted to a broken pool is
+    simply submitted to the new one.  A pool that breaks before any task of it has
+    completed is not rebuilt (what broke it would break the next one: a failing loader,
+    say), and neither is a pool without ``rebuild``: its BrokenProcessPool passes.
+
+    The pool in use is ``.executor``; ``.retried`` counts the runs started again and
+    ``.rebuilt`` the pools built to replace a broken one."""
+
+    def __init__(self, executor: CowProcessPoolExecutor, retries: int = 1, *,
+                 rebuild: Callable[[], CowProcessPoolExecutor] | None = None) -> None:
+        _check_pool(executor, "executor")
         check_count(retries, "retries", 0)
+        check_callable(rebuild, "rebuild")
         self.executor = executor
         self.retries = retries
         self.retried = 0
+        self.rebuilt = 0
+        self._rebuild = rebuild
+        self._proven = False  # a task of the pool in use has completed
+        self._closed = False
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        """Schedule ``fn(*args, **kwargs)`` on the wrapped executor; the Future completes
-        with its result, or its last error once the retries are spent."""
+        """Schedule ``fn(*args, **kwargs)`` on the pool; the Future completes with its
+        result, or its last error once the retries are spent."""
         outer: Future = Future()
         _Attempts(self, outer, fn, args, kwargs).start()
         return outer
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Shut the wrapped executor down (its own ``shutdown``)."""
-        self.executor.shutdown(wait, cancel_futures=cancel_futures)
+        """Shut the pool down (its own ``shutdown``); no pool is rebuilt after this."""
+        with self._lock:
+            self._closed = True
+            pool = self.executor
+        pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    def terminate_workers(self) -> None:
+        """Shut down, terminating the pool's processes now (its ``terminate_workers``)."""
+        with self._lock:
+            self._closed = True
+            pool = self.executor
+        pool.terminate_workers()
+
+    def _submit_to_pool(self, fn: Callable[..., Any], args: tuple,
+                        kwargs: dict[str, Any]) -> tuple[CowProcessPoolExecutor, Future]:
+        """Submit to the pool in use, rebuilding it first if it is found broken; return
+        the pool and the Future (a submission refused raises, as ``submit`` does)."""
+        pool = self.executor
+        try:
+            return pool, pool.submit(fn, *args, **kwargs)
+        except BrokenExecutor:  # submit raises only a pool's break
+            pool = self._replace(pool)
+            return pool, pool.submit(fn, *args, **kwargs)
+
+    def _replace(self, broken: CowProcessPoolExecutor) -> CowProcessPoolExecutor:
+        """The pool that replaces ``broken``: built here if no other thread built it
+        already; ``broken`` is put away.  Raises BrokenProcessPool when there is no
+        ``rebuild`` or the broken pool never completed a task, RuntimeError after
+        shutdown, and what ``rebuild`` raises."""
+        with self._lock:
+            if self.executor is not broken:  # another task rebuilt it meanwhile
+                return self.executor
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._rebuild is None or not self._proven:
+                raise BrokenProcessPool(
+                    "the cowmp pool broke (its fork server died)" if self._rebuild is None
+                    else "the cowmp pool broke before it completed any task: not built "
+                         "again, since what broke it would break the next one")
+            pool = self._rebuild()
+            _check_pool(pool, "rebuild()")
+            self.executor, self._proven = pool, False
+            self.rebuilt += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+        return pool
+
+    def _completed(self, pool: CowProcessPoolExecutor) -> None:
+        with self._lock:
+            if pool is self.executor:
+                self._proven = True
 
     def _count_retry(self) -> None:
         with self._lock:
@@ -132,6 +198,19 @@ class RetryingExecutor(Executor):
 
     def __repr__(self) -> str:
         return f"<RetryingExecutor retries={self.retries} over {self.executor!r}>"
+
+
+def _pool_broke(error: BaseException | None) -> bool:
+    """Does a task's ``error`` say that its pool broke?  TaskUnpicklingError, also a
+    BrokenProcessPool for code written for the standard executor, fails its task alone:
+    a result or exception that could not be rebuilt, its pool working on."""
+    return isinstance(error, BrokenExecutor) and not isinstance(error, TaskPicklingError)
+
+
+def _check_pool(pool: object, what: str) -> None:
+    if not isinstance(pool, CowProcessPoolExecutor):
+        raise TypeError(f"{what} must be a cowmp.CowProcessPoolExecutor, not "
+                        f"{type(pool).__name__}")
 
 
 class _Attempts:
@@ -143,17 +222,18 @@ class _Attempts:
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.left = owner.retries
         self.current: Future | None = None
+        self.pool: CowProcessPoolExecutor | None = None  # where ``current`` runs
         self.lock = threading.Lock()
 
     def start(self) -> None:
-        """The first run: an error submitting it (executor shut down, pool broken) is
-        raised here, as ``submit`` raises it."""
-        self.watch(self.owner.executor.submit(self.fn, *self.args, **self.kwargs))
+        """The first run: an error submitting it (executor shut down, pool broken and
+        not rebuilt) is raised here, as ``submit`` raises it."""
+        self.watch(*self.owner._submit_to_pool(self.fn, self.args, self.kwargs))
         self.outer.add_done_callback(self.outer_done)
 
-    def watch(self, inner: Future) -> None:
+    def watch(self, pool: CowProcessPoolExecutor, inner: Future) -> None:
         with self.lock:
-            self.current = inner
+            self.current, self.pool = inner, pool
         inner.add_done_callback(self.inner_done)
 
     def outer_done(self, outer: Future) -> None:
@@ -176,22 +256,43 @@ class _Attempts:
                 "was removed, or the worker is closing)"))
             return
         error = inner.exception()
+        pool = self.pool
+        assert pool is not None
+        if not _pool_broke(error):
+            self.owner._completed(pool)
         if isinstance(error, WorkerDiedError) and self.left > 0:
             self.left -= 1
-            try:
-                again = self.owner.executor.submit(self.fn, *self.args, **self.kwargs)
-            except Exception as refused:  # noqa: BLE001 - shut down meanwhile: the death wins
-                error.__context__ = refused
-            else:
-                self.owner._count_retry()
-                self.watch(again)
-                if self.outer.cancelled():  # meanwhile: outer_done saw the previous run
-                    again.cancel()
-                return
-        if error is None:
+            self.again(error, lambda: (pool, pool.submit(self.fn, *self.args, **self.kwargs)))
+        elif _pool_broke(error) and self.left > 0 and self.owner._rebuild is not None:
+            self.left -= 1
+            # building a pool forks: not in the broken pool's own thread, which runs this
+            threading.Thread(target=self.again, name="cowmp-dask-rebuild", daemon=True,
+                             args=(error, lambda: self.on_new_pool(pool))).start()
+        elif error is None:
             self.settle(result=inner.result())
         else:
             self.settle(error=error)
+
+    def on_new_pool(self, broken: CowProcessPoolExecutor) -> tuple[CowProcessPoolExecutor,
+                                                                       Future]:
+        pool = self.owner._replace(broken)
+        return pool, pool.submit(self.fn, *self.args, **self.kwargs)
+
+    def again(self, error: BaseException,
+              resubmit: Callable[[], tuple[CowProcessPoolExecutor, Future]]) -> None:
+        """Run the task once more, through ``resubmit``; if that is refused (shut down
+        meanwhile, no pool rebuilt), the task fails with ``error``, the refusal as its
+        context."""
+        try:
+            pool, again = resubmit()
+        except Exception as refused:  # noqa: BLE001 - the first error is the task's
+            error.__context__ = refused
+            self.settle(error=error)
+            return
+        self.owner._count_retry()
+        self.watch(pool, again)
+        if self.outer.cancelled():  # meanwhile: outer_done saw the previous run
+            again.cancel()
 
     def settle(self, *, result: Any = None, error: BaseException | None = None) -> None:
         try:
@@ -213,7 +314,10 @@ class CowExecutorPlugin(WorkerPlugin):
     it through :func:`cowmp.loaded`.  Run tasks there with
     ``with dask.annotate(executor=name): client.submit(...)``; tasks not annotated stay on
     Dask's threads.  A task whose process dies is run again up to ``retries`` times
-    (:class:`RetryingExecutor`) before Dask sees :class:`cowmp.WorkerDiedError`.
+    (:class:`RetryingExecutor`) before Dask sees :class:`cowmp.WorkerDiedError`.  If
+    the executor's fork server dies, a new executor is built in its place: the loader
+    runs again there, and the tasks that failed with the old one run again (within
+    their retries).
 
     A Dask worker runs at most ``nthreads`` tasks at once, whichever executor runs them:
     give it as many threads as it should run processes (``--nthreads``,
@@ -280,14 +384,19 @@ class CowExecutorPlugin(WorkerPlugin):
             raise ValueError(f"this Dask worker has an executor named {self.name!r} "
                              "already: give the plugin another name")
         workers = self.max_workers or worker.state.nthreads
-        pool = CowProcessPoolExecutor(
-            workers, loader=_Loader(self.loader, self.loader_args), **self.executor_options)
+
+        def new_pool() -> CowProcessPoolExecutor:
+            return CowProcessPoolExecutor(workers, loader=_Loader(self.loader, self.loader_args),
+                                          **self.executor_options)
+
+        pool = new_pool()
         try:
             await asyncio.wrap_future(pool.submit(_ready))
         except BaseException:
             pool.kill_workers()
             raise
-        self._executor = RetryingExecutor(pool, self.retries)
+        self._executor = RetryingExecutor(pool, self.retries, rebuild=new_pool)
+        self._executor._completed(pool)  # it ran _ready: a pool worth building again
         worker.executors[self.name] = self._executor
 
     async def teardown(self, worker: Worker) -> None:
@@ -303,6 +412,6 @@ class CowExecutorPlugin(WorkerPlugin):
         if worker.executors.get(self.name) is executor:
             del worker.executors[self.name]
         if worker.status in (Status.closing, Status.closed, Status.failed):
-            await asyncio.to_thread(executor.executor.terminate_workers)
+            await asyncio.to_thread(executor.terminate_workers)
         else:
             await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)

@@ -24,7 +24,8 @@ import textwrap
 import time
 
 import pytest
-from conftest import run_script
+from conftest import run_script, wait_for
+from executor_support import alive, all_gone
 
 if importlib.util.find_spec("distributed") is None:
     pytest.skip("distributed is not installed (pip install 'cowmp[dask]')",
@@ -95,11 +96,38 @@ def retried(dask_worker, name):
     return dask_worker.executors[name].retried
 
 
+def rebuilt(dask_worker, name):
+    return dask_worker.executors[name].rebuilt
+
+
 def wait_until(predicate, seconds, what):
     deadline = time.monotonic() + seconds
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def wait_to_be_killed(marker):
+    """First run: say where it runs and wait; later runs: return at once."""
+    if not os.path.exists(marker):
+        with open(marker + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(marker + ".tmp", marker)
+        time.sleep(60)
+    return "done", os.getpid()
+
+
+def read_pid(marker):
+    deadline = time.monotonic() + 30
+    while not os.path.exists(marker):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.02)
+    with open(marker) as f:
+        return int(f.read())
+
+
+def double(x):
+    return 2 * x + len(cowmp.loaded())
 
 
 def gone_within(pids, seconds):
@@ -229,29 +257,6 @@ def test_annotated_tasks_run_in_cowmp_processes_that_share_data_loaded_once(tmp_
 
 def test_a_killed_process_heals_and_dask_still_gets_the_result(tmp_path):
     run("""
-        def wait_to_be_killed(marker):
-            \"\"\"First run: say where it runs and wait; later runs: return at once.\"\"\"
-            if not os.path.exists(marker):
-                with open(marker + ".tmp", "w") as f:
-                    f.write(str(os.getpid()))
-                os.rename(marker + ".tmp", marker)
-                time.sleep(60)
-            return "done", os.getpid()
-
-
-        def read_pid(marker):
-            deadline = time.monotonic() + 30
-            while not os.path.exists(marker):
-                assert time.monotonic() < deadline, "the task never started"
-                time.sleep(0.02)
-            with open(marker) as f:
-                return int(f.read())
-
-
-        def double(x):
-            return 2 * x + len(cowmp.loaded())
-
-
         def main():
             import dask
             from cowmp.dask import CowExecutorPlugin
@@ -303,6 +308,46 @@ def test_a_killed_process_heals_and_dask_still_gets_the_result(tmp_path):
                     raise AssertionError("no WorkerDiedError")
                 assert sum(client.run(retried, name="strict").values()) == 0
                 assert client.run(os.getpid) == dask_pids
+    """, tmp_path)
+
+
+def test_a_killed_fork_server_is_rebuilt_and_dask_still_gets_the_result(tmp_path):
+    run("""
+        def main():
+            import dask
+            from cowmp.dask import CowExecutorPlugin
+
+            tmp = sys.argv[1]
+            log = os.path.join(tmp, "loads")
+            cluster, client = start_cluster()
+            with cluster:
+                with client:
+                    client.register_plugin(CowExecutorPlugin(loader=load,
+                                                             loader_args=(log, 10)))
+                    dask_pids = client.run(os.getpid)
+                    marker = os.path.join(tmp, "rebuilt")
+                    with dask.annotate(executor="cowmp"):
+                        future = client.submit(wait_to_be_killed, marker)
+                    victim = read_pid(marker)
+                    server = psutil.Process(victim).ppid()
+                    assert server not in dask_pids.values() and server in loads(log)
+                    os.kill(server, signal.SIGKILL)
+                    status, runner = future.result(timeout=60)
+                    assert status == "done" and runner != victim, (status, runner, victim)
+                    assert gone_within([server, victim], 10)
+
+                    # the Dask workers were not restarted; one pool was built again,
+                    # and its fork server loaded the data
+                    assert client.run(os.getpid) == dask_pids
+                    assert sorted(client.run(rebuilt, name="cowmp").values()) == [0, 1]
+                    assert len(loads(log)) == 3
+                    assert psutil.Process(runner).ppid() == loads(log)[-1]
+                    with dask.annotate(executor="cowmp"):
+                        assert client.gather(client.map(double, range(20))) == [
+                            2 * x + 10 for x in range(20)]
+                    ours = [pid for pids in client.run(children).values() for pid in pids]
+                    assert len(ours) == 6, ours  # a fork server and 2 processes each
+            assert gone_within(ours + list(dask_pids.values()), 15)
     """, tmp_path)
 
 
@@ -528,6 +573,174 @@ def test_retrying_executor_gives_up_after_its_retries(tmp_path):
         assert ex.retried == 2
 
 
+def _rebuilding(workers, built, loader=None):
+    """A rebuild function: a new pool of ``workers`` each call, kept in ``built``."""
+    def rebuild():
+        built.append(cowmp.CowProcessPoolExecutor(workers, loader=loader or _no_data))
+        return built[-1]
+    return rebuild
+
+
+def _processes_of(pool):
+    return [pool.fork_server_pid, *pool.worker_pids]
+
+
+def _kill_fork_server(pool):
+    """SIGKILL the pool's fork server; return once its workers are gone too."""
+    pids = _processes_of(pool)
+    os.kill(pool.fork_server_pid, signal.SIGKILL)
+    assert all_gone(pids, timeout=10), alive(pids)
+
+
+def _fail_to_load():
+    raise OSError("the data is gone")
+
+
+def test_retrying_executor_rebuilds_a_pool_whose_fork_server_died(tmp_path):
+    from executor_support import lines, mark_and_sleep
+
+    from cowmp.dask import RetryingExecutor
+
+    built = []
+    first = _pool(2)
+    ex = RetryingExecutor(first, retries=1, rebuild=_rebuilding(2, built))
+    try:
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        old = _processes_of(first)
+        # a task running when the server dies runs again on the new pool
+        marks = tmp_path / "marks"
+        running = ex.submit(mark_and_sleep, str(marks), 1.0, "slept")
+        queued = [ex.submit(abs, -i) for i in range(10)]
+        assert wait_for(lambda: lines(marks), timeout=30), "the task never started"
+        os.kill(first.fork_server_pid, signal.SIGKILL)
+        assert running.result(timeout=60) == "slept"
+        assert [f.result(timeout=60) for f in queued] == list(range(10))
+        assert ex.rebuilt == 1 and ex.executor is built[0]
+        assert len(lines(marks)) == 2 and ex.retried >= 1
+        assert all_gone(old, timeout=10), alive(old)
+        # killed while idle: the next task is submitted to the new pool
+        _kill_fork_server(built[0])
+        assert ex.submit(abs, -5).result(timeout=60) == 5
+        assert ex.rebuilt == 2 and ex.executor is built[1]
+        assert list(ex.map(abs, [-1, -2])) == [1, 2]
+    finally:
+        ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(abs, 1)
+    assert all(all_gone(_processes_of(p), 10) for p in built if p.fork_server_pid)
+
+
+def test_retrying_executor_does_not_rebuild_a_pool_that_never_worked():
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cowmp.dask import RetryingExecutor
+
+    # no rebuild: the broken pool's error passes, whatever the retries
+    pool = _pool(1)
+    ex = RetryingExecutor(pool, retries=3)
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+    _kill_fork_server(pool)
+    with pytest.raises(BrokenProcessPool):
+        ex.submit(time.sleep, 0.5).result(timeout=60)
+    assert ex.rebuilt == 0
+    ex.shutdown()
+
+    # the rebuilt pool cannot load its data: it is not built a third time
+    built = []
+    pool = _pool(1)
+    ex = RetryingExecutor(pool, retries=3, rebuild=_rebuilding(1, built, _fail_to_load))
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+    _kill_fork_server(pool)
+    with pytest.raises(BrokenProcessPool) as failed:
+        ex.submit(abs, -2).result(timeout=60)
+    with pytest.raises(BrokenProcessPool, match="before it completed any task"):
+        ex.submit(abs, -3).result(timeout=60)
+    assert ex.rebuilt == 1 and len(built) == 1, failed.value
+    ex.shutdown()
+
+
+class _FailsToLoad:
+    """A result that pickles in the worker and fails to unpickle here."""
+
+    def __reduce__(self):
+        return _raise_when_loaded, ()
+
+
+def _raise_when_loaded():
+    raise ValueError("this result cannot be rebuilt on purpose")
+
+
+def _unloadable_result():
+    return _FailsToLoad()
+
+
+def test_retrying_executor_does_not_rebuild_for_a_result_that_cannot_be_rebuilt():
+    from cowmp.dask import RetryingExecutor
+
+    built = []
+    with _pool(1) as pool:
+        ex = RetryingExecutor(pool, retries=2, rebuild=_rebuilding(1, built))
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+        # a TaskUnpicklingError is a BrokenProcessPool too, yet the pool works on
+        with pytest.raises(cowmp.TaskUnpicklingError):
+            ex.submit(_unloadable_result).result(timeout=60)
+        assert ex.submit(abs, -2).result(timeout=60) == 2
+        assert (ex.rebuilt, ex.retried, built) == (0, 0, [])
+        assert ex.executor is pool
+
+
+def test_retrying_executor_rebuilding_while_threads_submit_and_shut_down(tmp_path):
+    """The fork server dies while four threads submit, and a fifth shuts down once the
+    new pool is built: every future completes (a result, or an error saying the
+    executor was shut down), one pool is built, and none is left running."""
+    import threading
+    from concurrent.futures import BrokenExecutor
+
+    from cowmp.dask import RetryingExecutor
+
+    built = []
+    first = _pool(2)
+    ex = RetryingExecutor(first, retries=2, rebuild=_rebuilding(2, built))
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+    futures, refused, lock = [], [], threading.Lock()
+
+    def submit_many(start):
+        for i in range(start, start + 200):
+            try:
+                future = ex.submit(abs, -i)
+            except RuntimeError as error:
+                with lock:
+                    refused.append(str(error))
+                return
+            with lock:
+                futures.append((i, future))
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=submit_many, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    os.kill(first.fork_server_pid, signal.SIGKILL)
+    assert wait_for(lambda: ex.rebuilt, timeout=30), "no pool was rebuilt"
+    closer = threading.Thread(target=ex.shutdown)
+    closer.start()
+    for thread in [*threads, closer]:
+        thread.join(60)
+        assert not thread.is_alive()
+    done = 0
+    for i, future in futures:
+        error = future.exception(timeout=60)
+        if error is None:
+            assert future.result() == i
+            done += 1
+        else:
+            assert isinstance(error, (RuntimeError, BrokenExecutor)), repr(error)
+    assert done > 0 and ex.rebuilt == 1 and len(built) == 1
+    assert all("after shutdown" in text for text in refused), refused
+    pids = _processes_of(first) + [pid for p in built for pid in _processes_of(p)]
+    assert all_gone([pid for pid in pids if pid], timeout=10), alive(pids)
+
+
 def test_retrying_executor_checks_its_arguments():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -535,6 +748,8 @@ def test_retrying_executor_checks_its_arguments():
 
     with pytest.raises(TypeError, match="cowmp.CowProcessPoolExecutor"):
         RetryingExecutor(object())
+    with _pool(1) as pool, pytest.raises(TypeError, match="rebuild must be a callable"):
+        RetryingExecutor(pool, rebuild=pool)
     with ThreadPoolExecutor(1) as threads, pytest.raises(TypeError, match="not Thread"):
         RetryingExecutor(threads)
     with _pool(1) as pool:
