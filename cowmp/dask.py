@@ -132,6 +132,8 @@ class RetryingExecutor(Executor):
         self._proven = False  # a task of the pool in use has completed
         self._closed = False
         self._lock = threading.Lock()
+        # the tasks waiting to run again once a broken pool is replaced, by broken pool
+        self._waiting: dict[CowProcessPoolExecutor, list[tuple[_Attempts, BaseException]]] = {}
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` on the pool; the Future completes with its
@@ -186,6 +188,35 @@ class RetryingExecutor(Executor):
             self.rebuilt += 1
         broken.shutdown(wait=False, cancel_futures=True)
         return pool
+
+    def _after_break(self, broken: CowProcessPoolExecutor, attempt: _Attempts,
+                     error: BaseException) -> None:
+        """Run ``attempt``, which failed with ``error`` as ``broken`` broke, again on the
+        pool that replaces it.  One thread per broken pool replaces it, then resubmits
+        every attempt that waited meanwhile: building a pool forks, which must not
+        happen on the broken pool's manager thread, which reports the break (and calls
+        this)."""
+        with self._lock:
+            waiting = self._waiting.setdefault(broken, [])
+            waiting.append((attempt, error))
+            if len(waiting) > 1:  # the thread is under way
+                return
+        threading.Thread(target=self._replace_and_resubmit, args=(broken,),
+                         name="cowmp-dask-rebuild", daemon=True).start()
+
+    def _replace_and_resubmit(self, broken: CowProcessPoolExecutor) -> None:
+        try:
+            pool: CowProcessPoolExecutor | None = self._replace(broken)
+            refusal = None
+        except Exception as error:  # noqa: BLE001 - each waiting task fails with it
+            pool, refusal = None, error
+        with self._lock:
+            waiting = self._waiting.pop(broken)
+        for attempt, error in waiting:
+            if pool is None:
+                attempt.refused(error, refusal)
+            else:
+                attempt.again(error, pool)
 
     def _completed(self, pool: CowProcessPoolExecutor) -> None:
         with self._lock:
@@ -262,37 +293,31 @@ class _Attempts:
             self.owner._completed(pool)
         if isinstance(error, WorkerDiedError) and self.left > 0:
             self.left -= 1
-            self.again(error, lambda: (pool, pool.submit(self.fn, *self.args, **self.kwargs)))
+            self.again(error, pool)
         elif _pool_broke(error) and self.left > 0 and self.owner._rebuild is not None:
             self.left -= 1
-            # building a pool forks: not in the broken pool's own thread, which runs this
-            threading.Thread(target=self.again, name="cowmp-dask-rebuild", daemon=True,
-                             args=(error, lambda: self.on_new_pool(pool))).start()
+            self.owner._after_break(pool, self, error)
         elif error is None:
             self.settle(result=inner.result())
         else:
             self.settle(error=error)
 
-    def on_new_pool(self, broken: CowProcessPoolExecutor) -> tuple[CowProcessPoolExecutor,
-                                                                       Future]:
-        pool = self.owner._replace(broken)
-        return pool, pool.submit(self.fn, *self.args, **self.kwargs)
-
-    def again(self, error: BaseException,
-              resubmit: Callable[[], tuple[CowProcessPoolExecutor, Future]]) -> None:
-        """Run the task once more, through ``resubmit``; if that is refused (shut down
-        meanwhile, no pool rebuilt), the task fails with ``error``, the refusal as its
-        context."""
+    def again(self, error: BaseException, pool: CowProcessPoolExecutor) -> None:
+        """Run the task once more, on ``pool``; if that is refused (shut down meanwhile),
+        the task fails with ``error``, the refusal as its context."""
         try:
-            pool, again = resubmit()
+            again = pool.submit(self.fn, *self.args, **self.kwargs)
         except Exception as refused:  # noqa: BLE001 - the first error is the task's
-            error.__context__ = refused
-            self.settle(error=error)
+            self.refused(error, refused)
             return
         self.owner._count_retry()
         self.watch(pool, again)
         if self.outer.cancelled():  # meanwhile: outer_done saw the previous run
             again.cancel()
+
+    def refused(self, error: BaseException, refusal: BaseException) -> None:
+        error.__context__ = refusal
+        self.settle(error=error)
 
     def settle(self, *, result: Any = None, error: BaseException | None = None) -> None:
         try:

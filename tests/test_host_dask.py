@@ -597,7 +597,7 @@ def _fail_to_load():
 
 
 def test_retrying_executor_rebuilds_a_pool_whose_fork_server_died(tmp_path):
-    from executor_support import lines, mark_and_sleep
+    from executor_support import lines, mark_and_sleep, sleep_return
 
     from cowmp.dask import RetryingExecutor
 
@@ -610,7 +610,7 @@ def test_retrying_executor_rebuilds_a_pool_whose_fork_server_died(tmp_path):
         # a task running when the server dies runs again on the new pool
         marks = tmp_path / "marks"
         running = ex.submit(mark_and_sleep, str(marks), 1.0, "slept")
-        queued = [ex.submit(abs, -i) for i in range(10)]
+        queued = [ex.submit(sleep_return, 0.1, i) for i in range(10)]
         assert wait_for(lambda: lines(marks), timeout=30), "the task never started"
         os.kill(first.fork_server_pid, signal.SIGKILL)
         assert running.result(timeout=60) == "slept"
