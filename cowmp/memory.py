@@ -159,16 +159,52 @@ def _inherited_private(mappings: list[tuple[int, int, int]],
 
 
 def _forked_from_parent(proc: psutil.Process) -> psutil.Process | None:
-    """The parent ``proc`` was forked from (same program and command line), or None."""
+    """The parent ``proc`` was forked from, or None.  Both run the same program; where
+    the kernel randomises address spaces (Linux, as configured by default), both have
+    the same :func:`_landmarks`, which an exec would have drawn anew: a worker that
+    renamed itself (setproctitle) is still known, and a program that started itself
+    again with the same command line is not taken for a fork.  Elsewhere, both have the
+    same command line."""
     try:
         parent = proc.parent()
-        if parent is None or parent.pid == 0:
+        if parent is None or parent.pid == 0 or parent.exe() != proc.exe():
             return None
-        if parent.cmdline() == proc.cmdline() and parent.exe() == proc.exe():
-            return parent
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        pass
-    return None
+        if _ASLR:
+            same = _landmarks(proc.pid) == _landmarks(parent.pid)
+        else:
+            same = parent.cmdline() == proc.cmdline()
+        return parent if same else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess,
+            FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def _landmarks(pid: int) -> tuple[int | None, int | None]:
+    """Where ``pid``'s heap begins and its main stack ends (``/proc/PID/maps``): a
+    forked child keeps both addresses; exec draws them anew."""
+    heap = stack = None
+    with open(f"{_PROC}/{pid}/maps", "rb") as f:
+        for line in f:
+            if heap is None and line.endswith(b"[heap]\n"):  # its first mapping
+                heap = int(line.split(b"-", 1)[0], 16)
+            elif line.endswith(b"[stack]\n"):
+                stack = int(line.split(b" ", 1)[0].partition(b"-")[2], 16)
+    return heap, stack
+
+
+def _randomised_address_spaces() -> bool:
+    """Does the kernel place the heap and the stack at random (Linux's
+    ``kernel.randomize_va_space`` 2, its default)?"""
+    if not _LINUX:
+        return False
+    try:
+        with open(f"{_PROC}/sys/kernel/randomize_va_space") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
+
+
+_ASLR = _randomised_address_spaces()
 
 
 def _measure(proc: psutil.Process, role: str,
@@ -257,8 +293,8 @@ ROLES = {
     "fork server": "forks the workers: multiprocessing's forkserver, cowmp's fork server "
                    "(also one started as a new interpreter), or a forked copy of its "
                    "parent that forks copies of itself",
-    "worker": "a Python process forked from its parent (same command line), or started "
-              "by multiprocessing or loky",
+    "worker": "a Python process forked from its parent (even one that renamed itself), "
+              "or started by multiprocessing or loky",
     "resource tracker": "multiprocessing's or loky's resource tracker",
     "process": "any other process (a shell, a program it runs, a process alone): cowmp "
                "cannot tell its role",
@@ -283,7 +319,7 @@ def _guess_roles(procs: list[psutil.Process],
     """Each process's role in the tree ``procs`` (its root first); ``forked``: pid ->
     the process it was forked from, or None.
 
-    A Python process forked from its parent (same program and command line) is a worker,
+    A Python process forked from its parent (:func:`_forked_from_parent`) is a worker,
     or a fork server if it forks copies of itself in turn; other processes are known by
     their command lines (``_ROLE_BY_COMMAND``); a process that started any of those is a
     parent; cowmp cannot tell the role of the others: "process"."""

@@ -432,6 +432,44 @@ def test_a_program_run_by_a_shell_is_the_parent_of_its_workers(session, tmp_path
     assert wait_for(as_expected, 30), (expected, _roles(shell.pid))
 
 
+RENAMED_AND_RERUN = r"""
+import ctypes, os, subprocess, sys, time
+
+def rename(title):
+    # what setproctitle does: write over the memory that /proc/PID/cmdline reads
+    fields = open("/proc/self/stat").read().rpartition(")")[2].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    ctypes.memmove(start, title.encode()[:end - start - 1].ljust(end - start, b"\0"),
+                   end - start)
+
+if __name__ == "__main__":
+    if os.environ.get("RERUN"):  # started again by exec, with the same command line
+        time.sleep(60)
+    rerun = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, "RERUN": "1"})
+    pid = os.fork()
+    if pid == 0:
+        rename("worker: renamed like gunicorn's")
+        print(os.getpid(), rerun.pid, flush=True)
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not memory._ASLR, reason="needs Linux with randomised address spaces")
+def test_a_renamed_fork_is_a_worker_and_a_program_run_again_is_not(session, tmp_path):
+    script = tmp_path / "program.py"
+    script.write_text(RENAMED_AND_RERUN)
+    root = session([sys.executable, str(script)], stdout=subprocess.PIPE)
+    renamed, rerun = map(int, root.stdout.readline().split())
+    assert psutil.Process(renamed).cmdline()[0] == "worker: renamed like gunicorn's"
+    assert psutil.Process(rerun).cmdline() == psutil.Process(root.pid).cmdline()
+    rows = {row.pid: row for row in memory.tree(root.pid)}
+    assert rows[renamed].role == "worker" and rows[renamed].copied is not None
+    assert rows[rerun].role == "process" and rows[rerun].copied is None
+    assert rows[root.pid].role == "parent"
+
+
 def test_a_forked_worker_read_alone_is_a_worker(held):
     assert [row.role for row in memory.tree(held[0])] == ["worker"]
 
