@@ -60,6 +60,12 @@ def after_fork_in_parent() -> None:
 
 
 def after_fork_in_child() -> None:
+    """Close every registered handle, then give the child a new :data:`lock`.  A new
+    one, rather than releasing the copy :func:`before_fork` acquired: a program that
+    forks from C and runs only Python's after-fork hooks (uWSGI's
+    ``--py-call-osafterfork``) never ran :func:`before_fork`, so the copy may be free,
+    or held by a thread that does not exist here."""
+    global lock
     handles = list(_handles.values())
     _handles.clear()
     for handle in handles:
@@ -67,4 +73,4 @@ def after_fork_in_child() -> None:
             handle.close()
         except OSError:
             pass
-    lock.release()
+    lock = threading.RLock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from conftest import run_script
@@ -156,3 +157,54 @@ def test_sigterm_handler_of_bare_fork_children_leaves_through_cowmp_exit():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[10, 11, 12]"
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.register_at_fork")
+@pytest.mark.parametrize("hooks", [
+    # --py-call-uwsgi-fork-hooks: PyOS_BeforeFork, then PyOS_AfterFork_Parent or _Child
+    "both",
+    # --py-call-osafterfork: PyOS_AfterFork_Child alone, which CPython 3.13+ itself
+    # cannot survive (it releases an import lock that was never taken: a fatal error)
+    pytest.param("after", marks=pytest.mark.skipif(
+        sys.version_info >= (3, 13), reason="CPython 3.13+ aborts without PyOS_BeforeFork")),
+])
+def test_a_fork_from_c_that_runs_pythons_fork_hooks_works(hooks):
+    # uWSGI forks its workers from C and runs Python's fork hooks around the fork only
+    # if told to, perhaps only the after-fork half: cowmp's hooks must work either way
+    out = run_script("""
+        import ctypes, os, sys
+        import cowmp
+        from cowmp import handles
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            both = sys.argv[1] == "both"
+            cowmp.install_fork_hooks()
+            with cowmp.CowProcessPoolExecutor(1) as ex:  # descriptors to close in a child
+                assert ex.submit(square, 3).result(timeout=60) == 9
+                api, libc = ctypes.pythonapi, ctypes.PyDLL(None)  # the GIL held, as in C
+                if both:
+                    api.PyOS_BeforeFork()
+                pid = libc.fork()
+                if pid == 0:
+                    try:
+                        api.PyOS_AfterFork_Child()
+                        with handles.lock:  # usable, and free
+                            pass
+                        with cowmp.CowProcessPoolExecutor(1) as mine:
+                            assert mine.submit(square, 4).result(timeout=60) == 16
+                        sys.stdout.flush()
+                    finally:
+                        os._exit(0 if sys.exc_info()[0] is None else 1)
+                if both:
+                    api.PyOS_AfterFork_Parent()
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0, status
+                assert ex.submit(square, 5).result(timeout=60) == 25
+            print("OK")
+    """, args=(hooks,), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OK"
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
