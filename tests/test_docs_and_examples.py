@@ -53,12 +53,15 @@ def test_readme_block_runs(index):
     _skip_without_hosts(block)
     if cowmp.FALLBACK and _fork_only(block):
         pytest.skip("shows a fork-only error; cowfork spawns through loky here")
-    # gunicorn's configuration file and application (run by a real gunicorn in
-    # tests/test_host_gunicorn.py): here, what they define
+    # gunicorn's configuration file and application, and uWSGI's application (run by a
+    # real server in tests/test_host_gunicorn.py and test_host_uwsgi.py): here, what
+    # they define
     if "cowmp.gunicorn.apply(globals())" in block:
         block += "\nassert worker_exit.__cowmp_hook__\nprint(sorted(cowmp.gunicorn.HOOKS))\n"
-    if "def app(environ, start_response)" in block:
-        block += ("\nprint(app({'PATH_INFO': '/key-42'}, lambda status, headers: None))\n")
+    for name in ("app", "application"):  # a WSGI application: one request
+        if f"def {name}(environ, start_response)" in block:
+            block += (f"\nprint({name}({{'PATH_INFO': '/key-42'}}, "
+                      "lambda status, headers: None))\n")
     out = run_script(block, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
