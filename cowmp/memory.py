@@ -170,7 +170,8 @@ def _forked_from_parent(proc: psutil.Process) -> psutil.Process | None:
         if parent is None or parent.pid == 0 or parent.exe() != proc.exe():
             return None
         if _ASLR:
-            same = _landmarks(proc.pid) == _landmarks(parent.pid)
+            mine = _landmarks(proc.pid)
+            same = mine[1] is not None and mine == _landmarks(parent.pid)
         else:
             same = parent.cmdline() == proc.cmdline()
         return parent if same else None
@@ -193,13 +194,13 @@ def _landmarks(pid: int) -> tuple[int | None, int | None]:
 
 
 def _randomised_address_spaces() -> bool:
-    """Does the kernel place the heap and the stack at random (Linux's
-    ``kernel.randomize_va_space`` 2, its default)?"""
+    """Does the kernel place the stack at random (Linux's ``kernel.randomize_va_space``
+    1, or 2, its default, which places the heap at random too)?"""
     if not _LINUX:
         return False
     try:
         with open(f"{_PROC}/sys/kernel/randomize_va_space") as f:
-            return f.read().strip() == "2"
+            return f.read().strip() in ("1", "2")
     except OSError:
         return False
 
