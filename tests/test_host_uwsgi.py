@@ -109,7 +109,9 @@ class UwsgiServer:
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def __enter__(self) -> UwsgiServer:
-        assert wait_for(self._answers, timeout=60), self.log.read_text()[-3000:]
+        if not wait_for(self._answers, timeout=60):
+            self.__exit__()  # __exit__ is not called when __enter__ fails
+            pytest.fail("uWSGI did not answer: " + self.log.read_text()[-3000:])
         return self
 
     def __exit__(self, *exc: object) -> None:
