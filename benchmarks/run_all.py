@@ -41,7 +41,7 @@ PLOT_HINT = "pip install 'cowmp[plot]'"
 
 #: the order of RESULTS.md (the headline first); benchmarks not named here follow, by name
 ORDER = ["scaling", "gc", "share", "exit", "parent_policy", "startup", "executor", "lifecycle",
-         "shapes", "loader", "joblib", "gunicorn", "dask"]
+         "shapes", "loader", "joblib", "gunicorn", "uwsgi", "dask"]
 #: arguments of --quick, by benchmark (a full run uses each benchmark's defaults)
 QUICK_ARGS = {
     "scaling": ["--gib", "0.1", "--workers", "1,2,4"],
@@ -56,6 +56,7 @@ QUICK_ARGS = {
     "loader": ["--quick"],
     "joblib": ["--quick"],
     "gunicorn": ["--quick"],
+    "uwsgi": ["--quick"],
     "dask": ["--quick"],
 }
 FULL_TIMEOUT = 1800.0  # seconds, per benchmark
