@@ -133,16 +133,45 @@ class UwsgiServer:
         self.stop()
 
     def stop(self) -> float:
-        """SIGINT (uWSGI's shutdown); the seconds until the master has exited."""
+        """SIGINT (uWSGI's shutdown); the seconds until the master has exited.
+
+        uWSGI loses the shutdown signal it sends a worker that is still starting (a
+        replacement forked just before), with or without cowmp, and then waits for that
+        worker for good.  So the workers are first given a second to start, and a
+        worker still there 5 s after the shutdown began gets SIGINT again."""
+        if self.proc.poll() is None:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self._starting(self.workers()):
+                time.sleep(0.05)
         started = time.perf_counter()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(30)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                for pid in self._live(self.workers()):
+                    os.kill(pid, signal.SIGINT)
+                try:
+                    self.proc.wait(25)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
         return time.perf_counter() - started
+
+    @staticmethod
+    def _live(pids: list[int]) -> list[int]:
+        return [pid for pid in pids if psutil.pid_exists(pid)]
+
+    @staticmethod
+    def _starting(pids: list[int]) -> bool:
+        """Has any of ``pids`` been running for less than a second?"""
+        for pid in pids:
+            try:
+                if time.time() - psutil.Process(pid).create_time() < 1:
+                    return True
+            except psutil.NoSuchProcess:
+                pass
+        return False
 
     def answers(self) -> bool:
         try:
@@ -167,7 +196,10 @@ class UwsgiServer:
         return json.loads(body)
 
     def workers(self) -> list[int]:
-        return [child.pid for child in psutil.Process(self.proc.pid).children()]
+        try:
+            return [child.pid for child in psutil.Process(self.proc.pid).children()]
+        except psutil.NoSuchProcess:  # the master has exited
+            return []
 
     def total_pss(self) -> int:
         """The master's and the workers' PSS together, in bytes."""
