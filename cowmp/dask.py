@@ -82,11 +82,21 @@ class _Loader:
     """What the fork server runs as the executor's loader: it imports ``distributed``
     first (a Dask task arrives as a call of ``distributed.worker``'s function, which every
     worker would otherwise import on its own, in private memory), then the user's loader.
-    Its repr is the user loader's, so that a loader error names it."""
+    Its repr is the user loader's, so that a loader error names it.
 
-    def __init__(self, loader: Callable[..., object] | None, args: tuple) -> None:
+    ``environ_defaults`` fills the variables of the fork server's environment that the
+    Dask worker does not set, before the server imports anything
+    (:func:`cowmp.fork_server._environment`): those Dask's nanny gives the worker
+    processes it starts (``distributed.nanny.pre-spawn-environ``: one thread for OpenMP,
+    MKL and OpenBLAS).  A worker that a nanny started has them already; one that runs in
+    the client's process (``processes=False``) has not, and NumPy, which ``distributed``
+    imports, would start BLAS threads in the fork server before it forks the processes."""
+
+    def __init__(self, loader: Callable[..., object] | None, args: tuple,
+                 environ_defaults: dict[str, str] | None = None) -> None:
         self.loader = loader
         self.args = args
+        self.environ_defaults = environ_defaults or {}
 
     def __call__(self) -> object:
         import distributed.worker  # noqa: F401 - inherited by every worker
@@ -95,6 +105,14 @@ class _Loader:
 
     def __repr__(self) -> str:
         return repr(self.loader)
+
+
+def _process_environ() -> dict[str, str]:
+    """The environment Dask's nanny gives the worker processes it starts."""
+    import dask.config
+
+    variables = dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}
+    return {str(key): str(value) for key, value in variables.items()}
 
 
 def _ready() -> int:
@@ -409,10 +427,10 @@ class CowExecutorPlugin(WorkerPlugin):
             raise ValueError(f"this Dask worker has an executor named {self.name!r} "
                              "already: give the plugin another name")
         workers = self.max_workers or worker.state.nthreads
+        loader = _Loader(self.loader, self.loader_args, _process_environ())
 
         def new_pool() -> CowProcessPoolExecutor:
-            return CowProcessPoolExecutor(workers, loader=_Loader(self.loader, self.loader_args),
-                                          **self.executor_options)
+            return CowProcessPoolExecutor(workers, loader=loader, **self.executor_options)
 
         pool = new_pool()
         try:

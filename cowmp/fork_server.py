@@ -135,7 +135,8 @@ class ForkServer:
                            *(their.fileno() for their in theirs)]
                     command = spawn.get_command_line()
                     command = [*command[:command.index("-c")], "-c", _SERVE, *map(str, fds)]
-                    self.process = subprocess.Popen(command, pass_fds=fds)
+                    self.process = subprocess.Popen(command, pass_fds=fds,
+                                                    env=_environment(loader[0]))
                 finally:
                     os.close(slot_fd)
             for handle in (server_commands, server_events, *theirs):
@@ -400,6 +401,15 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
             raise EOFError("the executor's process closed the fork server's socket")
         data += chunk
     return data
+
+
+def _environment(loader: Any) -> dict[str, str] | None:
+    """The new interpreter's environment: this process's, where a loader that has
+    ``environ_defaults`` (a dict) fills the variables this process does not set, which
+    the interpreter needs before it imports anything (the Dask plugin's loader: the
+    thread counts Dask's nanny gives its workers).  None: this process's as it is."""
+    defaults = getattr(loader, "environ_defaults", None)
+    return {**defaults, **os.environ} if defaults else None
 
 
 #: the new interpreter's program: this very cowmp first (the parent may have found it

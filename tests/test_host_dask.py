@@ -351,6 +351,39 @@ def test_a_killed_fork_server_is_rebuilt_and_dask_still_gets_the_result(tmp_path
     """, tmp_path)
 
 
+def test_a_cluster_of_threads_in_the_client_process_runs_the_plugin_too(tmp_path):
+    # processes=False: the Dask workers are threads of this process, which no nanny
+    # started; the fork servers still get the nanny's thread counts, so that NumPy's
+    # BLAS starts no thread in them before they fork (a ForkWithThreadsWarning, an error
+    # in this script)
+    run("""
+        def task(x):
+            return (x + len(cowmp.loaded()), os.getpid(),
+                    os.environ.get("OPENBLAS_NUM_THREADS"), threading.active_count())
+
+
+        def main():
+            import dask
+            from distributed import Client, LocalCluster
+            from cowmp.dask import CowExecutorPlugin
+
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+            log = os.path.join(sys.argv[1], "loads")
+            with LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                client.register_plugin(CowExecutorPlugin(loader=load, loader_args=(log, 7)))
+                with dask.annotate(executor="cowmp"):
+                    out = client.gather(client.map(task, range(12)))
+                assert [x for x, _, _, _ in out] == [x + 7 for x in range(12)], out
+                pids = {pid for _, pid, _, _ in out}
+                assert os.getpid() not in pids and pids <= set(children()), out
+                assert {blas for _, _, blas, _ in out} == {"1"}, out
+                assert len(loads(log)) == 2 and "OPENBLAS_NUM_THREADS" not in os.environ
+                ours = children()
+            assert gone_within(ours, 15), "a process outlived the cluster"
+    """, tmp_path)
+
+
 def test_no_cowmp_process_is_left_after_the_cluster_closes(tmp_path):
     out = run("""
         def sleep(marker_dir, i):
