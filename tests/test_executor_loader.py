@@ -173,3 +173,29 @@ def test_the_fork_server_runs_the_cowmp_that_the_parent_imported(tmp_path):
                 print(cowmp.__file__ == ex.submit(loaded, 0).result(timeout=60))
         """, cwd=tmp_path)
     assert run.returncode == 0 and run.stdout.split() == ["True"], run.stderr
+
+
+class EnvironLoader:
+    """A loader whose fork server starts with defaults for its environment."""
+
+    environ_defaults = {"COWMP_TEST_DEFAULT": "from the loader",
+                        "COWMP_TEST_SET": "from the loader"}
+
+    def __call__(self):
+        return {key: os.environ.get(key) for key in self.environ_defaults}
+
+
+def _environ_seen(_):
+    return cowmp.loaded(), {key: os.environ.get(key) for key in EnvironLoader.environ_defaults}
+
+
+@requires_fork  # without fork there is no fork server: the loader runs in each worker
+@pytest.mark.timeout(120)
+def test_a_loader_can_give_the_fork_server_defaults_for_its_environment(monkeypatch):
+    monkeypatch.setenv("COWMP_TEST_SET", "from the parent")
+    monkeypatch.delenv("COWMP_TEST_DEFAULT", raising=False)
+    expected = {"COWMP_TEST_DEFAULT": "from the loader", "COWMP_TEST_SET": "from the parent"}
+    with CowProcessPoolExecutor(2, loader=EnvironLoader()) as ex:
+        # what the loader saw, and what the workers forked from it see
+        assert ex.submit(_environ_seen, 0).result(timeout=60) == (expected, expected)
+    assert "COWMP_TEST_DEFAULT" not in os.environ  # the parent's is untouched
