@@ -168,3 +168,48 @@ def start_pool(library: str, workers: int):
 
         return run, pool.terminate  # what leaving `with WorkerPool(...)` does
     raise ValueError(f"unknown library {library!r}")
+
+
+def report_servers(name: str, results: dict, phases: dict[str, str], plain: str,
+                   cowmp: str, short: str, *, quick: bool, width: int = 16,
+                   before_312: str = "") -> None:
+    """Print and record a pre-fork server benchmark (bench_gunicorn, bench_uwsgi):
+    ``results[label]`` holds, under each key of ``phases``, each worker's USS after it
+    read the data, and ``total_pss``, ``stop_s``, ``requests`` and ``failures``.  Then
+    the ratio ``plain`` / ``cowmp`` (``short`` names the latter) and the target (3.12+):
+    ``cowmp``'s workers own at most a third of ``plain``'s, and no request failed."""
+    import statistics
+
+    print(f"{'worker USS MiB (mean)':24}" + "".join(f"{h:>{width}}" for h in phases.values())
+          + f"{'total PSS MiB':>15}{'stop s':>8}{'requests':>10}{'failed':>8}")
+    for label, result in results.items():
+        means = [statistics.mean(result[phase].values()) / MiB for phase in phases]
+        print(f"{label:24}" + "".join(f"{mean:{width}.1f}" for mean in means)
+              + f"{result['total_pss'] / MiB:15.0f}{result['stop_s']:8.2f}"
+              f"{result['requests']:10}{len(result['failures']):8}")
+        record(name, {"server": label,
+                      **{f"{phase}_uss_mib": round(mean, 1)
+                         for phase, mean in zip(phases, means, strict=True)},
+                      "total_pss_mib": round(result["total_pss"] / MiB),
+                      "stop_s": round(result["stop_s"], 2),
+                      "failed": len(result["failures"])})
+
+    def every(result: dict) -> list[int]:
+        return [uss for phase in phases for uss in result[phase].values()]
+
+    worst, least = max(every(results[cowmp])), min(every(results[plain]))
+    print(f"ratio plain / {short}: worker USS "
+          f"{statistics.mean(every(results[plain])) / statistics.mean(every(results[cowmp])):.1f}"
+          f", total PSS {results[plain]['total_pss'] / results[cowmp]['total_pss']:.2f}")
+    failed = sum(len(result["failures"]) for result in results.values())
+    if quick:
+        verdict = ("n/a with --quick: its data set is too small against a worker's own "
+                   "few MiB")
+    elif sys.version_info >= (3, 12):
+        verdict = "PASS" if worst * 3 <= least and not failed else "FAIL"
+    else:
+        verdict = ("n/a: on this Python reading an object writes its reference count, so "
+                   f"each worker copies what it reads{before_312}")
+    print(f"target {short} worker USS at most a third of plain's, no failed request "
+          f"(3.12+): {verdict} ({worst / MiB:.1f} MiB at most against "
+          f"{least / MiB:.1f} MiB at least; {failed} failed)")

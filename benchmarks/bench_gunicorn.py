@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.items, args.max_requests = 150_000, 15
-    from _common import MiB, header, record
+    from _common import header, report_servers
 
     header("bench_gunicorn: plain gunicorn against cowmp.gunicorn's hooks")
     if importlib.util.find_spec("gunicorn") is None or not hasattr(os, "fork"):
@@ -75,42 +74,9 @@ def main() -> int:
                 start = time.perf_counter()
                 server.stop()
                 results[label]["stop_s"] = time.perf_counter() - start
-    print(f"{'worker USS MiB (mean)':24}" + "".join(f"{h:>16}" for h in PHASES.values())
-          + f"{'total PSS MiB':>15}{'stop s':>8}{'requests':>10}{'failed':>8}")
-    for label, result in results.items():
-        means = [statistics.mean(result[phase].values()) / MiB for phase in PHASES]
-        print(f"{label:24}" + "".join(f"{mean:16.1f}" for mean in means)
-              + f"{result['total_pss'] / MiB:15.0f}{result['stop_s']:8.2f}{result['requests']:10}"
-              f"{len(result['failures']):8}")
-        record("gunicorn", {"server": label,
-                            **{f"{phase}_uss_mib": round(mean, 1)
-                               for phase, mean in zip(PHASES, means, strict=True)},
-                            "total_pss_mib": round(result["total_pss"] / MiB),
-                            "stop_s": round(result["stop_s"], 2),
-                            "failed": len(result["failures"])})
-    plain, cow = results["plain gunicorn"], results["cowmp hooks + share()"]
-
-    def every(result: dict) -> list[int]:
-        return [uss for phase in PHASES for uss in result[phase].values()]
-
-    worst, least = max(every(cow)), min(every(plain))
-    print(f"ratio plain / hooks + share(): worker USS "
-          f"{statistics.mean(every(plain)) / statistics.mean(every(cow)):.1f}, "
-          f"total PSS {plain['total_pss'] / cow['total_pss']:.2f}")
-    failed = sum(len(result["failures"]) for result in results.values())
-    if args.quick:
-        verdict = ("n/a with --quick: its data set is too small against a worker's own "
-                   "few MiB")
-    elif sys.version_info >= (3, 12):
-        ok = worst * 3 <= least and not failed
-        verdict = "PASS" if ok else "FAIL"
-    else:
-        verdict = ("n/a: on this Python reading an object writes its reference count, so "
-                   "each worker copies what it reads (the hooks still save the collector's "
-                   "and the exit's copies)")
-    print(f"target hooks + share() worker USS at most a third of plain's, no failed "
-          f"request (3.12+): {verdict} ({worst / MiB:.1f} MiB at most against "
-          f"{least / MiB:.1f} MiB at least; {failed} failed)")
+    report_servers("gunicorn", results, PHASES, "plain gunicorn", "cowmp hooks + share()",
+                   "hooks + share()", quick=args.quick,
+                   before_312=" (the hooks still save the collector's and the exit's copies)")
     return 0
 
 

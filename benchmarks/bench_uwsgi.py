@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -68,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.items, args.max_requests = 150_000, 5
-    from _common import MiB, header, record
+    from _common import header, report_servers
     from uwsgi_harness import APP, UwsgiServer, find_uwsgi
 
     header("bench_uwsgi: plain uWSGI against cowmp's recipe")
@@ -88,40 +87,8 @@ def main() -> int:
             with server:
                 results[label] = _phases(server, args.workers)
                 results[label]["stop_s"] = server.stop()
-    print(f"{'worker USS MiB (mean)':24}" + "".join(f"{h:>20}" for h in PHASES.values())
-          + f"{'total PSS MiB':>15}{'stop s':>8}{'requests':>10}{'failed':>8}")
-    for label, result in results.items():
-        means = [statistics.mean(result[phase].values()) / MiB for phase in PHASES]
-        print(f"{label:24}" + "".join(f"{mean:20.1f}" for mean in means)
-              + f"{result['total_pss'] / MiB:15.0f}{result['stop_s']:8.2f}"
-              f"{result['requests']:10}{len(result['failures']):8}")
-        record("uwsgi", {"server": label,
-                         **{f"{phase}_uss_mib": round(mean, 1)
-                            for phase, mean in zip(PHASES, means, strict=True)},
-                         "total_pss_mib": round(result["total_pss"] / MiB),
-                         "stop_s": round(result["stop_s"], 2),
-                         "failed": len(result["failures"])})
-    plain, cow = results["plain uWSGI"], results["cowmp recipe"]
-
-    def every(result: dict) -> list[int]:
-        return [uss for phase in PHASES for uss in result[phase].values()]
-
-    worst, least = max(every(cow)), min(every(plain))
-    print(f"ratio plain / recipe: worker USS "
-          f"{statistics.mean(every(plain)) / statistics.mean(every(cow)):.1f}, "
-          f"total PSS {plain['total_pss'] / cow['total_pss']:.2f}")
-    failed = sum(len(result["failures"]) for result in results.values())
-    if args.quick:
-        verdict = ("n/a with --quick: its data set is too small against a worker's own "
-                   "few MiB")
-    elif sys.version_info >= (3, 12):
-        verdict = "PASS" if worst * 3 <= least and not failed else "FAIL"
-    else:
-        verdict = ("n/a: on this Python reading an object writes its reference count, so "
-                   "each worker copies what it reads")
-    print(f"target recipe worker USS at most a third of plain's, no failed request "
-          f"(3.12+): {verdict} ({worst / MiB:.1f} MiB at most against "
-          f"{least / MiB:.1f} MiB at least; {failed} failed)")
+    report_servers("uwsgi", results, PHASES, "plain uWSGI", "cowmp recipe", "recipe",
+                   quick=args.quick, width=20)
     return 0
 
 
