@@ -201,7 +201,7 @@ def test_the_readmes_configuration_and_application_serve(tmp_path):
     from gunicorn.config import KNOWN_SETTINGS
 
     (tmp_path / "gunicorn.conf.py").write_text(_readme_block("# gunicorn.conf.py"))
-    (tmp_path / "app.py").write_text(_readme_block("# app.py"))
+    (tmp_path / "app.py").write_text(_readme_block("# app.py, imported once by the arbiter"))
     args = ["--workers", "2"]
     if any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):
         args += ["--control-socket", str(tmp_path / "ctl")]
