@@ -61,6 +61,18 @@ def identity(x):
     return x
 
 
+def raise_value_error_when_loaded():
+    raise ValueError("this result cannot be rebuilt on purpose")
+
+
+class FailsToLoad:
+    """Pickles anywhere; its unpickling raises ValueError (a result that reaches the
+    parent and cannot be rebuilt there)."""
+
+    def __reduce__(self):
+        return raise_value_error_when_loaded, ()
+
+
 def sleep_return(seconds, value=None):
     time.sleep(seconds)
     return value

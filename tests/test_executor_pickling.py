@@ -13,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 import executor_support as support
 import pytest
 from executor_support import (
+    FailsToLoad,
     add,
     check_works,
     error_of,
@@ -54,17 +55,6 @@ def _raise_two_arg_error():
     raise TwoArgError(7, "needs two arguments to be rebuilt")
 
 
-def _raise_value_error_when_loaded():
-    raise ValueError("this result cannot be rebuilt on purpose")
-
-
-class _FailsToLoad:
-    """Pickles anywhere; its unpickling raises ValueError."""
-
-    def __reduce__(self):
-        return _raise_value_error_when_loaded, ()
-
-
 def _exit_when_loaded():
     sys.exit(1)
 
@@ -77,11 +67,11 @@ class _ExitsWhenLoaded:
 
 
 def _bad_result(kind):
-    return _FailsToLoad() if kind == "value" else _ExitsWhenLoaded()
+    return FailsToLoad() if kind == "value" else _ExitsWhenLoaded()
 
 
 def _square_or_bad_result(x, bad):
-    return _FailsToLoad() if x == bad else x * x
+    return FailsToLoad() if x == bad else x * x
 
 
 def _raise_in_child():

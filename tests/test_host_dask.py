@@ -25,7 +25,7 @@ import time
 
 import pytest
 from conftest import run_script, wait_for
-from executor_support import alive, all_gone
+from executor_support import FailsToLoad, alive, all_gone
 
 if importlib.util.find_spec("distributed") is None:
     pytest.skip("distributed is not installed (pip install 'cowmp[dask]')",
@@ -540,11 +540,11 @@ def test_the_plugin_pickles_without_its_executor():
         assert copy.loader is _loader and copy.executor_options == plugin.executor_options
 
 
-def _pool(workers):
+def _pool(workers, loader=None):
     """A pool whose fork server is a new interpreter, as the plugin's: importing
     distributed here may have imported NumPy, whose OpenBLAS threads make a fork of this
     process unsafe (and an error under this project's pytest settings)."""
-    return cowmp.CowProcessPoolExecutor(workers, loader=_no_data)
+    return cowmp.CowProcessPoolExecutor(workers, loader=loader or _no_data)
 
 
 def _no_data():
@@ -609,7 +609,7 @@ def test_retrying_executor_gives_up_after_its_retries(tmp_path):
 def _rebuilding(workers, built, loader=None):
     """A rebuild function: a new pool of ``workers`` each call, kept in ``built``."""
     def rebuild():
-        built.append(cowmp.CowProcessPoolExecutor(workers, loader=loader or _no_data))
+        built.append(_pool(workers, loader))
         return built[-1]
     return rebuild
 
@@ -692,19 +692,8 @@ def test_retrying_executor_does_not_rebuild_a_pool_that_never_worked():
     ex.shutdown()
 
 
-class _FailsToLoad:
-    """A result that pickles in the worker and fails to unpickle here."""
-
-    def __reduce__(self):
-        return _raise_when_loaded, ()
-
-
-def _raise_when_loaded():
-    raise ValueError("this result cannot be rebuilt on purpose")
-
-
 def _unloadable_result():
-    return _FailsToLoad()
+    return FailsToLoad()  # pickles in the worker, fails to unpickle here
 
 
 def test_retrying_executor_does_not_rebuild_for_a_result_that_cannot_be_rebuilt():
